@@ -1,0 +1,1 @@
+"""The lineage, one module per stage: thin assets over eagrl_pipeline."""

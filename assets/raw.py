@@ -1,0 +1,98 @@
+"""Raw inputs: validated, typed parquet snapshots with the input's fingerprint as data version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
+
+from eagrl_pipeline.data import mimic_iv
+from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
+from eagrl_pipeline.data.tjh import read_tjh, write_tjh_snapshot
+from resources import DBT_PROJECT, EagrlHome, EhrSources
+
+SEEDS_DIR = DBT_PROJECT.project_dir / "seeds"
+
+
+def _synthetic(folder: Path, params: dict[str, object], write) -> Path:
+    """Generate a synthetic dataset once per parameter set (a marker file records them)."""
+    marker = folder / "synthetic.json"
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write()
+    marker.write_text(json.dumps(params))
+    return folder
+
+
+@asset(group_name="raw", code_version="1", kinds={"python", "parquet"})
+def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources):
+    """TJH COVID-19 lab reports: the configured xlsx/csv, or a synthetic file in its format."""
+    if sources.tjh_path:
+        path = Path(sources.tjh_path).expanduser()
+        origin = "configured"
+    else:
+        folder = home.synthetic / "tjh"
+        path = folder / "time_series_375_prerpocess_en.xlsx"
+        params = {"n_patients": sources.synthetic_tjh_patients, "seed": sources.synthetic_seed}
+        _synthetic(folder, params, lambda: write_synthetic_tjh(path, **params))
+        origin = "synthetic"
+    table = read_tjh(path)
+    fingerprint = mimic_iv.fingerprint_files([path])
+    target = write_tjh_snapshot(table, home.raw_dir("raw_tjh") / "lab_reports.parquet")
+    dated = table.dropna(subset=["re_date"])
+    context.log.info(f"raw_tjh: {len(table)} rows from {path} -> {target}")
+    return MaterializeResult(
+        data_version=DataVersion(fingerprint),
+        metadata={
+            "source": origin,
+            "input_path": MetadataValue.path(str(path)),
+            "snapshot": MetadataValue.path(str(target)),
+            "fingerprint": fingerprint,
+            "rows": len(table),
+            "rows_without_re_date": int(table["re_date"].isna().sum()),
+            "patients": int(table["patient_id"].nunique()),
+            "patients_with_reports": int(dated["patient_id"].nunique()),
+        },
+    )
+
+
+def _item_ids(seed: str) -> list[int]:
+    return pd.read_csv(SEEDS_DIR / seed)["itemid"].astype(int).tolist()
+
+
+@asset(group_name="raw", code_version="1", kinds={"python", "duckdb", "parquet"})
+def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources):
+    """MIMIC-IV hosp/ + icu/ tables: the configured folder, or a synthetic one in its layout."""
+    if sources.mimic_iv_root:
+        root = Path(sources.mimic_iv_root).expanduser()
+        origin = "configured"
+    else:
+        root = home.synthetic / "mimic_iv"
+        params = {"n_stays": sources.synthetic_mimic_iv_stays, "seed": sources.synthetic_seed}
+        _synthetic(root, params, lambda: write_synthetic_mimic_iv(root, **params))
+        origin = "synthetic"
+    paths = mimic_iv.check_layout(root, sources.mimic_iv_feature_set)
+    fingerprint = mimic_iv.fingerprint_files(paths.values(), root)
+    counts = mimic_iv.snapshot_mimic_iv(
+        root,
+        home.raw_dir("raw_mimic_iv"),
+        feature_set=sources.mimic_iv_feature_set,
+        chart_itemids=_item_ids("mimic_iv_chart_items.csv"),
+        lab_itemids=_item_ids("mimic_iv_lab_items.csv"),
+    )
+    context.log.info(f"raw_mimic_iv: snapshot of {root}: {counts}")
+    return MaterializeResult(
+        data_version=DataVersion(fingerprint),
+        metadata={
+            "source": origin,
+            "input_path": MetadataValue.path(str(root)),
+            "snapshot": MetadataValue.path(str(home.raw_dir("raw_mimic_iv"))),
+            "feature_set": sources.mimic_iv_feature_set,
+            "fingerprint": fingerprint,
+            **{f"rows_{table}": n for table, n in counts.items()},
+        },
+    )

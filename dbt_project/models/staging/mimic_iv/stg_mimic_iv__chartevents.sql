@@ -1,0 +1,11 @@
+select
+    subject_id,
+    hadm_id,
+    stay_id,
+    charttime,
+    itemid,
+    value,
+    valuenum,
+    valueuom
+from {{ source('mimic_iv', 'chartevents') }}
+where charttime is not null

@@ -1,0 +1,53 @@
+"""The code location: every asset, check, resource and job of the lineage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
+
+from assets import cohorts, raw, warehouse
+from assets.partitions import cohort_partitions
+from resources import DBT_PROJECT, EagrlHome, EhrSources, Warehouse, dbt_resource
+
+# The manifest is a build product: prepare it when it is missing (CI has no `dagster dev`).
+if not DBT_PROJECT.manifest_path.exists():
+    DBT_PROJECT.preparer.prepare(DBT_PROJECT)
+
+EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
+
+all_assets = load_assets_from_modules([raw, warehouse, cohorts])
+
+warehouse_job = define_asset_job(
+    "build_warehouse",
+    selection=AssetSelection.groups("raw", "warehouse"),
+    description="Raw inputs and the dbt warehouse (unpartitioned): run once before cohorts.",
+)
+cohorts_job = define_asset_job(
+    "build_cohorts",
+    selection=AssetSelection.groups("cohorts"),
+    partitions_def=cohort_partitions,
+    description="One cohort partition, gated by its Great Expectations suite.",
+)
+
+
+def build_resources(home: str) -> dict[str, object]:
+    """Resources for one EAGRL_HOME; tests call this with a temporary directory."""
+    return {
+        "home": EagrlHome(path=home),
+        "warehouse": Warehouse(path=str(Path(home) / "warehouse.duckdb")),
+        "dbt": dbt_resource(),
+        "sources": EhrSources(
+            tjh_path=os.environ.get("EAGRL_TJH_PATH") or None,
+            mimic_iv_root=os.environ.get("EAGRL_MIMIC_IV_ROOT") or None,
+            mimic_iv_feature_set=os.environ.get("EAGRL_MIMIC_IV_FEATURE_SET", "vitals_labs"),
+        ),
+    }
+
+
+defs = Definitions(
+    assets=all_assets,
+    jobs=[warehouse_job, cohorts_job],
+    resources=build_resources(EAGRL_HOME),
+)

@@ -1,0 +1,34 @@
+"""The dbt project and CLI resource; run-time paths reach dbt as --vars, never by editing files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dagster_dbt import DbtCliResource, DbtProject
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+
+DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=DBT_PROJECT, profiles_dir=str(DBT_PROJECT_DIR))
+
+
+def dbt_vars(
+    *,
+    raw_root: Path,
+    warehouse_path: Path,
+    mimic_iv_feature_set: str,
+    mimic_iv_lab_feature_ids: list[str] | None = None,
+) -> list[str]:
+    """The ``--vars`` arguments of a dbt invocation (a pure builder, unit-tested)."""
+    values: dict[str, object] = {
+        "raw_root": str(raw_root),
+        "warehouse_path": str(warehouse_path),
+        "mimic_iv_feature_set": mimic_iv_feature_set,
+    }
+    if mimic_iv_lab_feature_ids:
+        values["mimic_iv_lab_feature_ids"] = list(mimic_iv_lab_feature_ids)
+    return ["--vars", json.dumps(values)]
