@@ -1,9 +1,6 @@
 """Cohorts per dataset-task partition: split, imputed and normalised arrays, with Great
 Expectations suites as blocking checks so no later stage trains on a bad cohort."""
 
-from __future__ import annotations
-
-from typing import Literal
 
 import pandas as pd
 from dagster import (
@@ -17,7 +14,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from assets.partitions import COHORTS, cohort_mart, cohort_partitions, split_partition
 from eagrl_pipeline.data.cohort import build_cohort_arrays, cohort_summary, write_cohort
@@ -30,7 +27,7 @@ DEFAULT_SPLIT = {"tjh": "clinicrealm", "mimic_iv": "stratified"}
 
 
 class CohortConfig(Config):
-    split_strategy: Literal["clinicrealm", "stratified"] | None = Field(
+    split_strategy: str | None = Field(
         default=None,
         description="'clinicrealm' (200-patient test set, then 7:1 train/val) or 'stratified' "
         "(fractions below). Empty: clinicrealm for TJH, stratified for MIMIC-IV.",
@@ -40,7 +37,7 @@ class CohortConfig(Config):
     split_fractions: list[float] = Field(
         default=[0.7, 0.1, 0.2], description="Train/val/test fractions of the stratified split."
     )
-    imputation: Literal["locf_median", "median", "zero"] = Field(
+    imputation: str = Field(
         default="locf_median",
         description="Last observation carried forward, then the train median (PyEHR's default).",
     )
@@ -50,6 +47,20 @@ class CohortConfig(Config):
     prevalence_bounds: list[float] = Field(
         default=[0.02, 0.98], description="Allowed label prevalence per split (quality gate)."
     )
+
+    @field_validator("split_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        if value not in (None, "clinicrealm", "stratified"):
+            raise ValueError(f"split_strategy {value!r}: use 'clinicrealm' or 'stratified'")
+        return value
+
+    @field_validator("imputation")
+    @classmethod
+    def _known_imputation(cls, value: str) -> str:
+        if value not in ("locf_median", "median", "zero"):
+            raise ValueError(f"imputation {value!r}: use 'locf_median', 'median' or 'zero'")
+        return value
 
 
 @asset(

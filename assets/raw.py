@@ -1,15 +1,14 @@
 """Raw inputs: validated, typed parquet snapshots with the input's fingerprint as data version."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
-from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
 
 from eagrl_pipeline.data import mimic_iv
+from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
 from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
 from eagrl_pipeline.data.tjh import read_tjh, write_tjh_snapshot
 from resources import DBT_PROJECT, EagrlHome, EhrSources

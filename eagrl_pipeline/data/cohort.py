@@ -68,6 +68,8 @@ def feature_statistics(train_values: pd.DataFrame) -> pd.DataFrame:
             continue
         p5, p95 = np.percentile(values, [5, 95])
         trimmed = values[(values >= p5) & (values <= p95)]
+        if trimmed.size == 0:  # two distinct values fall outside their own 5-95 % band
+            trimmed = values
         std = float(trimmed.std()) if trimmed.size > 1 else 0.0
         rows.append(
             (column, values.size, float(np.median(values)), p5, p95, float(trimmed.mean()),
@@ -92,18 +94,24 @@ def build_cohort_arrays(
     """
     feature_ids = list(feature_ids)
     visits = visits.sort_values(["patient_id", "visit_index"]).reset_index(drop=True)
-    if max_visits is not None:
-        from_end = visits.groupby("patient_id").cumcount(ascending=False)
-        visits = visits[from_end < max_visits].reset_index(drop=True)
     values = visits[feature_ids].astype("float64")
+    observed_all = values.notna()
+    if imputation == "locf_median":
+        # Carry forward over the whole stay first, so a truncated stay keeps earlier values.
+        values = values.groupby(visits["patient_id"].to_numpy()).ffill()
+    keep = np.ones(len(visits), dtype=bool)
+    if max_visits is not None:
+        keep = visits.groupby("patient_id").cumcount(ascending=False).to_numpy() < max_visits
+    visits = visits[keep].reset_index(drop=True)
+    values = values[keep].reset_index(drop=True)
+    observed = observed_all[keep].to_numpy()
     train = visits["split"].to_numpy() == "train"
-    stats = feature_statistics(values[train])
-    demographics = feature_statistics(visits.loc[train, list(STATIC_COLUMNS)].astype("float64"))
+    stats = feature_statistics(visits.loc[train, feature_ids].astype("float64"))
+    first_visits = visits.drop_duplicates("patient_id")
+    train_patients = first_visits[first_visits["split"] == "train"]
+    demographics = feature_statistics(train_patients[list(STATIC_COLUMNS)].astype("float64"))
     stats = pd.concat([stats, demographics])
 
-    observed = values.notna().to_numpy()
-    if imputation == "locf_median":
-        values = values.groupby(visits["patient_id"].to_numpy()).ffill()
     if imputation in ("locf_median", "median"):
         values = values.fillna(stats.loc[feature_ids, "median"].fillna(0.0))
     scaled = (values - stats.loc[feature_ids, "mean"].fillna(0.0)) / stats.loc[feature_ids, "std"]

@@ -27,10 +27,10 @@ def clinicrealm_split(
     """ClinicRealm's split: ids in ascending order, an unstratified fixed-size test set, then the
     rest split train/val 7:1 stratified by label (reproduces its published TJH split)."""
     frame = pd.DataFrame({"id": group_ids, "label": labels}).sort_values("id")
-    if test_size >= len(frame):
+    if test_size > len(frame) - 2:
         raise InputDataError(
             "cohort_dataset config",
-            f"test_size={test_size} but the cohort has only {len(frame)} patients.",
+            f"test_size={test_size} leaves fewer than 2 of {len(frame)} patients for train/val.",
             column="test_size",
             fix="lower test_size or use split_strategy='stratified'.",
         )
@@ -60,19 +60,29 @@ def stratified_split(
             fix="use e.g. [0.7, 0.1, 0.2] for train/val/test.",
         )
     frame = pd.DataFrame({"id": group_ids, "label": labels}).sort_values("id")
+    if len(frame) < 3:
+        raise InputDataError(
+            "cohort_dataset config",
+            f"a train/val/test split needs at least 3 patients (groups); got {len(frame)}.",
+            column="split_fractions",
+            fix="build the cohort from more data.",
+        )
     ids = frame["id"].to_numpy()
     labels_arr = frame["label"].to_numpy()
     train_frac, val_frac, test_frac = fractions
-    rest, test, rest_labels, _ = train_test_split(
-        ids, labels_arr, test_size=test_frac, random_state=seed, stratify=_stratify(labels_arr)
-    )
-    train, val = train_test_split(
-        rest,
-        test_size=val_frac / (train_frac + val_frac),
-        random_state=seed,
-        stratify=_stratify(rest_labels),
-    )
+    rest, test, rest_labels, _ = _split_once(ids, labels_arr, test_frac, seed)
+    train, val, _, _ = _split_once(rest, rest_labels, val_frac / (train_frac + val_frac), seed)
     return _as_mapping(train, val, test)
+
+
+def _split_once(ids: np.ndarray, labels: np.ndarray, size: float, seed: int) -> list:
+    """Stratified where sklearn can; a cohort too small to stratify is split at random."""
+    try:
+        return train_test_split(
+            ids, labels, test_size=size, random_state=seed, stratify=_stratify(labels)
+        )
+    except ValueError:
+        return train_test_split(ids, labels, test_size=size, random_state=seed)
 
 
 def assign_splits(

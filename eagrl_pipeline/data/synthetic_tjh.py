@@ -146,7 +146,7 @@ def _synthetic_frame(n_patients: int, seed: int) -> pd.DataFrame:
 
     rows: list[pd.DataFrame] = []
     for p in range(n_patients):
-        start = _T0 + np.timedelta64(int(rng.integers(0, 28 * 86400)), "s")
+        start = _T0 + np.timedelta64(int(rng.integers(0, 28)), "D")
         admission = start + np.timedelta64(int(rng.integers(0, 20 * 3600)), "s")
         if no_labs[p]:
             times = np.array(["NaT"], dtype="datetime64[s]")
@@ -155,7 +155,7 @@ def _synthetic_frame(n_patients: int, seed: int) -> pd.DataFrame:
             span = int(rng.integers(1, 16))
             days = np.unique(np.r_[0, span - 1, rng.integers(0, span, rng.poisson(4))])
             day = np.repeat(days, 1 + rng.poisson(2.8, days.size))[:_MAX_ROWS]
-            day0 = start.astype("datetime64[D]").astype("datetime64[m]")
+            day0 = start.astype("datetime64[m]")
             adm_min = int((admission.astype("datetime64[m]") - day0).astype(int)) + 5
             lo = np.where(day == 0, adm_min, 6 * 60)  # first-day reports follow admission
             minute = lo + (rng.random(day.size) * (1439 - lo)).astype(int)

@@ -145,7 +145,12 @@ def _patient_ids(path: Path, frame: pd.DataFrame) -> pd.Series:
             fix="fill PATIENT_ID on the first row of each patient.",
         )
     if (ids.dropna() % 1 != 0).any():
-        raise InputDataError(path, "ids must be whole numbers.", column="PATIENT_ID")
+        raise InputDataError(
+            path,
+            "ids must be whole numbers.",
+            column="PATIENT_ID",
+            fix="use integer patient ids (1, 2, ...) on each patient's first row.",
+        )
     starts = ids.dropna()
     repeated = starts[starts.duplicated()]
     if not repeated.empty:
@@ -194,11 +199,10 @@ def _check_values(path: Path, table: pd.DataFrame) -> None:
     for column, (ok, expected) in checks.items():
         if not ok.all():
             row = int(np.flatnonzero(~ok.to_numpy())[0])
-            raw_name = {"gender": "gender", "outcome": "outcome", "age": "age"}[column]
             raise InputDataError(
                 path,
-                f"impossible value {table[column].iloc[row]!r} at data row {row + 1}; {expected}.",
-                column=raw_name,
+                f"impossible value {table[column].iloc[row]:g} at data row {row + 1}; {expected}.",
+                column=column,
                 fix="correct the value in the source file.",
             )
     for column in ("age", "gender", "outcome"):

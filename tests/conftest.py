@@ -1,0 +1,70 @@
+"""Shared fixtures: telemetry off, offline hub, real-data paths that skip when absent, and one
+materialized lineage (synthetic default) in a temporary EAGRL_HOME for the integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DAGSTER_DISABLE_TELEMETRY": "1",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TJH_DIR = SHARED_DATA / "tjh"
+
+
+@pytest.fixture(scope="session")
+def tjh_dir() -> Path:
+    if not (TJH_DIR / "time_series_375_prerpocess_en.xlsx").exists():
+        pytest.skip(f"real TJH data not present at {TJH_DIR} (only in the team's shared folder)")
+    return TJH_DIR
+
+
+@pytest.fixture(scope="session")
+def lineage_home(tmp_path_factory: pytest.TempPathFactory):
+    """raw -> warehouse -> the three cohorts, materialized once on small synthetic data."""
+    from dagster import AssetSelection, DagsterInstance, materialize
+
+    from assets.partitions import COHORTS
+    from definitions import all_assets, build_resources
+    from resources import EhrSources
+
+    home = tmp_path_factory.mktemp("eagrl_home")
+    resources = build_resources(str(home))
+    resources["sources"] = EhrSources(synthetic_tjh_patients=375, synthetic_mimic_iv_stays=600)
+    instance = DagsterInstance.ephemeral()
+    warehouse = materialize(
+        all_assets,
+        selection=AssetSelection.groups("raw", "warehouse"),
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    cohorts = {
+        key: materialize(
+            all_assets,
+            selection=AssetSelection.assets("cohort_dataset"),
+            partition_key=key,
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+        for key in COHORTS
+    }
+    return {
+        "home": home,
+        "resources": resources,
+        "instance": instance,
+        "warehouse": warehouse,
+        "cohorts": cohorts,
+    }
