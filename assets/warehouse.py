@@ -38,7 +38,7 @@ class WarehouseTranslator(DagsterDbtTranslator):
     project=DBT_PROJECT,
     dagster_dbt_translator=WarehouseTranslator(
         settings=DagsterDbtTranslatorSettings(
-            enable_asset_checks=True, enable_code_references=False
+            enable_asset_checks=True, enable_duplicate_source_asset_keys=True
         )
     ),
     pool="duckdb",

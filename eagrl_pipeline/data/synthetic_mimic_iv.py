@@ -14,7 +14,7 @@ thread), which keeps 100k stays to minutes and a bounded amount of memory.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +223,15 @@ _CHART_ROUTING: dict[int, tuple[str, str]] = {
     226537: ("glucose", "abg"), 220739: ("gcs", "gcs"), 223901: ("gcs", "gcs"),
     223900: ("gcs", "gcs"), 224308: ("crr", "crr"), 223951: ("crr", "crr"),
 }  # fmt: skip
+# group -> (probability per round, stay flag that changes it, probability when flagged).
+_GROUP_PROB: dict[str, tuple[float, str | None, float]] = {
+    "hr": (0.95, None, 0), "nibp": (0.55, "art", 0.25), "abp": (0, "art", 0.85),
+    "art2": (0, "art2", 0.5), "manual": (0, "manual", 0.1), "iabp": (0, "iabp", 0.8),
+    "rr": (0.9, None, 0), "vent_rr": (0, "vent", 0.6), "spo2": (0.92, None, 0),
+    "abg": (0.01, "art", 0.08), "vbg": (0.03, None, 0), "temp": (0.22, None, 0),
+    "fio2": (0.03, "vent", 0.35), "fs": (0.15, None, 0), "serum": (0.06, None, 0),
+    "gcs": (0.18, None, 0), "crr": (0.12, None, 0),
+}  # fmt: skip
 _VALUEUOM: dict[int, str | None] = {
     **{i: v[3] for i, v in CHART_ITEMS.items()},
     226537: "mg/dL", 225664: "mg/dL", 220621: "mg/dL", 226531: "lbs",
@@ -267,6 +276,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _calibrated_bernoulli(rng: np.random.Generator, logit: np.ndarray, rate: float) -> np.ndarray:
     """Bernoulli(sigmoid(logit + c)) with c chosen so the expected rate matches ``rate``."""
+    if logit.size == 0:
+        return np.zeros(0, bool)
     lo, hi = -20.0, 20.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -338,12 +349,9 @@ def _cohort(n_stays: int, rng: np.random.Generator, providers: np.ndarray) -> _C
     los = np.round(np.clip(rng.lognormal(np.log(2.0), 0.8, n_stays), 0.5, 20) * _DAY)
     pre = np.round(rng.exponential(0.4, n_a) * _DAY).astype(np.int64)
     gap = np.round(rng.uniform(0.5, 10, n_stays) * _DAY)
-    prev_los = np.r_[0, los[:-1]]
-    rel_in = pre[stay_adm] + np.where(pos == 1, prev_los + gap, 0)
-    rel_in = rel_in + rng.integers(0, _MINUTE, n_stays)
-    if (pos == 1).any():  # the second stay starts after the first one ends
-        second = np.flatnonzero(pos == 1)
-        rel_in[second] = rel_in[second - 1] + prev_los[second] + gap[second]
+    rel_in = pre[stay_adm] + rng.integers(0, _MINUTE, n_stays)
+    second = np.flatnonzero(pos == 1)  # a second stay starts days after the first one ends
+    rel_in[second] = rel_in[second - 1] + los[second - 1] + gap[second]
     rel_out = rel_in + los
     last_stay = np.cumsum(n_st) - 1
     last_sev = sev[last_stay]
@@ -473,27 +481,10 @@ def _cohort(n_stays: int, rng: np.random.Generator, providers: np.ndarray) -> _C
 
 def _round_prob(group: str, c: _Cohort, s: slice) -> np.ndarray:
     """Per-stay probability that an observation round charts this group."""
-    art, vent = c.art[s], c.vent[s]
-    probs: dict[str, Callable[[], np.ndarray | float]] = {
-        "hr": lambda: 0.95,
-        "nibp": lambda: np.where(art, 0.25, 0.55),
-        "abp": lambda: np.where(art, 0.85, 0.0),
-        "art2": lambda: np.where(c.art2[s], 0.5, 0.0),
-        "manual": lambda: np.where(c.manual[s], 0.1, 0.0),
-        "iabp": lambda: np.where(c.iabp[s], 0.8, 0.0),
-        "rr": lambda: 0.9,
-        "vent_rr": lambda: np.where(vent, 0.6, 0.0),
-        "spo2": lambda: 0.92,
-        "abg": lambda: np.where(art, 0.08, 0.01),
-        "vbg": lambda: 0.03,
-        "temp": lambda: 0.22,
-        "fio2": lambda: np.where(vent, 0.35, 0.03),
-        "fs": lambda: 0.15,
-        "serum": lambda: 0.06,
-        "gcs": lambda: 0.18,
-        "crr": lambda: 0.12,
-    }
-    return np.broadcast_to(np.asarray(probs[group](), dtype=float), art.shape)
+    base, flag, p_flag = _GROUP_PROB[group]
+    if flag is None:
+        return np.full(s.stop - s.start, base)
+    return np.where(getattr(c, flag)[s], p_flag, base)
 
 
 def _chart_chunk(c: _Cohort, s: slice, rng: np.random.Generator) -> pa.Table:
