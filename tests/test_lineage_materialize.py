@@ -35,7 +35,8 @@ def test_cohort_marts_have_one_row_per_patient_visit(lineage_home):
         mort = con.execute("SELECT * FROM cohort_mimic_iv_mortality").df()
         readm = con.execute("SELECT * FROM cohort_mimic_iv_readmission").df()
         n_tjh_features = con.execute(
-            "SELECT count(*) FROM feature_dictionary WHERE dataset = 'tjh' AND kind <> 'demographic'"
+            "SELECT count(*) FROM feature_dictionary "
+            "WHERE dataset = 'tjh' AND kind <> 'demographic'"
         ).fetchone()[0]
     assert n_tjh_features == 73
     assert {f for f in tjh.columns} >= {"patient_id", "visit_index", "label", "sex", "age"}

@@ -207,7 +207,8 @@ def snapshot_table(
     with atomic_path(target) as tmp:
         query = (
             f"COPY (SELECT {select} FROM read_csv('{_sql_path(path)}', header = true, "
-            f"columns = {columns_sql}, quote = '\"', escape = '\"', nullstr = '', timestampformat = '%Y-%m-%d %H:%M:%S', "
+            f"columns = {columns_sql}, quote = '\"', escape = '\"', nullstr = '', "
+            "timestampformat = '%Y-%m-%d %H:%M:%S', "
             f"dateformat = '%Y-%m-%d', compression = 'gzip'){where}) "
             f"TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
         )

@@ -1,0 +1,134 @@
+"""The MIMIC-IV cohort marts in plain pandas, as PyEHR-style preprocessing scripts build them.
+
+This is the baseline the DuckDB/dbt warehouse is benchmarked against, and an independent
+re-implementation of the same cohort logic for a correctness cross-check. It reads the raw
+csv.gz tables with ``pd.read_csv`` (chartevents and labevents in chunks, each chunk filtered to
+the mapped itemids and reduced to (stay or subject, time, feature, value) before it is kept, as
+memory-aware scripts do), then uses merge / groupby / unstack; there are no per-row Python loops.
+
+Logic (mirrors dbt_project/models/intermediate/int_icu_* and macros/cohort_features.sql):
+chart items -> feature via the seed, unit conversion, GCS / capillary-refill text -> score
+(case-insensitive, trimmed); measurements kept only inside [intime, outtime] of their stay (labs
+attached by subject_id and time); a measurement whose converted value is missing is dropped;
+daily mean per (stay, date, feature); GCS total = sum of the three daily component means when
+all three exist; the last 7 calendar days with any measurement; labels as int_icu_stays_labeled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SEEDS_DIR = Path(__file__).resolve().parent.parent / "dbt_project" / "seeds"
+MAX_VISITS = 7
+MIN_AGE = 18
+READMISSION_WINDOW = pd.Timedelta(days=30)
+CHUNK_ROWS = 2_000_000
+GCS_COMPONENTS = ("gcs_eye", "gcs_motor", "gcs_verbal")
+_CONVERSIONS = {
+    "fahrenheit_to_celsius": lambda v: (v - 32) * 5.0 / 9.0,
+    "lbs_to_kg": lambda v: v * 0.453592,
+    "inch_to_cm": lambda v: v * 2.54,
+    "percent_to_fraction": lambda v: v.where(v <= 1, v / 100.0),
+}
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def _seeds(seeds_dir: Path) -> dict[str, pd.DataFrame]:
+    names = ("feature_dictionary", "mimic_iv_chart_items", "mimic_iv_gcs_values")
+    seeds = {name: pd.read_csv(seeds_dir / f"{name}.csv") for name in names}
+    seeds["mimic_iv_lab_items"] = pd.read_csv(seeds_dir / "mimic_iv_lab_items.csv")
+    return seeds
+
+
+def feature_ids(dictionary: pd.DataFrame) -> list[str]:
+    """Cohort feature columns in dictionary order: 17 chart variables + the default lab panel."""
+    d = dictionary[(dictionary["dataset"] == "mimic_iv") & (dictionary["kind"] != "demographic")]
+    d = d[(d["source_column"] != "labevents") | d["in_default_panel"]]
+    return d["feature_id"].tolist()
+
+
+def labeled_stays(root: Path) -> pd.DataFrame:
+    """Adult ICU stays with mortality and 30-day readmission labels (int_icu_stays_labeled)."""
+    stays = pd.read_csv(
+        root / "icu/icustays.csv.gz",
+        usecols=["subject_id", "hadm_id", "stay_id", "intime", "outtime"],
+        parse_dates=["intime", "outtime"],
+        date_format=_TIME_FORMAT,
+    )
+    stays = stays[stays["outtime"] > stays["intime"]]  # NaT compares False: drops missing too
+    stays = stays.sort_values(["subject_id", "intime", "stay_id"])
+    stays["next_intime"] = stays.groupby("subject_id")["intime"].shift(-1)
+    admissions = pd.read_csv(
+        root / "hosp/admissions.csv.gz",
+        usecols=["hadm_id", "deathtime", "hospital_expire_flag"],
+        parse_dates=["deathtime"],
+        date_format=_TIME_FORMAT,
+    )
+    patients = pd.read_csv(
+        root / "hosp/patients.csv.gz",
+        usecols=["subject_id", "gender", "anchor_age", "anchor_year", "dod"],
+        parse_dates=["dod"],
+        date_format="%Y-%m-%d",
+    )
+    s = stays.merge(admissions, on="hadm_id").merge(patients, on="subject_id")
+    s["age"] = (s["anchor_age"] + (s["intime"].dt.year - s["anchor_year"])).astype(float)
+    s = s[s["age"] >= MIN_AGE].copy()
+    s["sex"] = s["gender"].str.upper().map({"M": 1, "F": 0}).astype("Int32")
+    s["mortality_label"] = (
+        (s["hospital_expire_flag"].fillna(0) == 1) | s["deathtime"].notna()
+    ).astype("int32")
+    window_end = s["outtime"] + READMISSION_WINDOW
+    s["readmission_label"] = (
+        (s["next_intime"] <= window_end)
+        | (s["deathtime"] <= window_end)
+        | (s["dod"] <= s["outtime"].dt.normalize() + READMISSION_WINDOW)
+    ).astype("int32")
+    columns = ["stay_id", "subject_id", "intime", "outtime", "sex", "age"]
+    return s[[*columns, "mortality_label", "readmission_label"]].reset_index(drop=True)
+
+
+def _in_window(frame: pd.DataFrame, windows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Join to the stays on ``key`` and keep rows charted inside [intime, outtime]."""
+    m = frame.merge(windows, on=key)
+    m = m[(m["charttime"] >= m["intime"]) & (m["charttime"] <= m["outtime"])]
+    return m[["stay_id", "charttime", "feature_id", "value"]]
+
+
+def chart_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]):
+    """chartevents -> (stay_id, charttime, feature_id, value) in the dictionary's units."""
+    items = seeds["mimic_iv_chart_items"][["itemid", "feature_id", "conversion"]]
+    text_scores = seeds["mimic_iv_gcs_values"].assign(
+        key=lambda g: g["value_text"].str.strip().str.lower()
+    )[["feature_id", "key", "score"]]
+    windows = stays[["stay_id", "intime", "outtime"]]
+    reader = pd.read_csv(
+        root / "icu/chartevents.csv.gz",
+        usecols=["stay_id", "charttime", "itemid", "value", "valuenum"],
+        dtype={"stay_id": "int64", "itemid": "int64", "valuenum": "float64"},
+        chunksize=CHUNK_ROWS,
+    )
+    parts = []
+    for chunk in reader:
+        c = chunk[chunk["itemid"].isin(items["itemid"]) & chunk["charttime"].notna()]
+        c = c.merge(items, on="itemid")
+        c["charttime"] = pd.to_datetime(c["charttime"], format=_TIME_FORMAT)
+        c["value_num"] = c["valuenum"]
+        for conversion, convert in _CONVERSIONS.items():
+            rows = c["conversion"] == conversion
+            c.loc[rows, "value_num"] = convert(c.loc[rows, "valuenum"])
+        text_rows = c["conversion"].isin(["gcs_text", "capillary_refill_text"])
+        text = c[text_rows].assign(key=lambda t: t["value"].str.strip().str.lower())
+        text = text.merge(text_scores, on=["feature_id", "key"], how="left")
+        text["value_num"] = np.where(
+            text["conversion"] == "gcs_text",
+            text["score"].fillna(text["valuenum"]),
+            text["score"],
+        )
+        c = pd.concat([c[~text_rows], text[c.columns]], ignore_index=True)
+        c = c.rename(columns={"value_num": "value_"})[["stay_id", "charttime", "feature_id"]]
+        c["value"] = pd.concat([c.pop("value_")], axis=1).iloc[:, 0] if False else None
+        parts.append(c)
+    return pd.concat(parts, ignore_index=True)

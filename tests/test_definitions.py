@@ -1,0 +1,56 @@
+"""The code location loads, with its jobs, partitions, dbt checks and run-time dbt arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dagster import AssetKey
+
+from resources import dbt_vars
+
+
+def test_definitions_load_with_jobs_partitions_and_dbt_checks():
+    from definitions import defs
+
+    repo = defs.get_repository_def()
+    assert {"build_warehouse", "build_cohorts"} <= {j.name for j in repo.get_all_jobs()}
+    graph = repo.asset_graph
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"raw_tjh", "raw_mimic_iv", "cohort_dataset", "feature_dictionary"} <= keys
+    assert {"cohort_tjh_mortality", "cohort_mimic_iv_mortality"} <= keys
+    cohort = graph.get(AssetKey("cohort_dataset"))
+    assert cohort.partitions_def.get_partition_keys() == [
+        "tjh-mortality",
+        "mimic_iv-mortality",
+        "mimic_iv-readmission",
+    ]
+    # dbt sources map onto the raw assets, so the lineage is connected end to end.
+    assert AssetKey("raw_tjh") in graph.get(AssetKey("stg_tjh__lab_reports")).parent_keys
+    checks = {c.name for c in graph.asset_check_keys}
+    assert "cohort_quality" in checks
+    assert any(name.startswith("unique_combination") for name in checks)
+    from assets.cohorts import cohort_dataset
+
+    (spec,) = cohort_dataset.check_specs
+    assert spec.name == "cohort_quality" and spec.blocking
+
+
+def test_dbt_vars_carry_run_time_paths_and_lab_panel(tmp_path: Path):
+    args = dbt_vars(
+        raw_root=tmp_path / "artifacts",
+        warehouse_path=tmp_path / "w.duckdb",
+        mimic_iv_feature_set="vitals",
+        mimic_iv_lab_feature_ids=["lab_sodium"],
+    )
+    assert args[0] == "--vars"
+    values = json.loads(args[1])
+    assert values == {
+        "raw_root": str(tmp_path / "artifacts"),
+        "warehouse_path": str(tmp_path / "w.duckdb"),
+        "mimic_iv_feature_set": "vitals",
+        "mimic_iv_lab_feature_ids": ["lab_sodium"],
+    }
+    assert "mimic_iv_lab_feature_ids" not in json.loads(
+        dbt_vars(raw_root=tmp_path, warehouse_path=tmp_path, mimic_iv_feature_set="vitals")[1]
+    )
