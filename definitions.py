@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
+from resources.privacy import disable_telemetry
 
-from assets import cohorts, raw, warehouse
-from assets.partitions import cohort_partitions
-from resources import DBT_PROJECT, EagrlHome, EhrSources, Warehouse, dbt_resource
+disable_telemetry()
+
+from dagster import (  # noqa: E402
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    load_assets_from_modules,
+)
+
+from assets import cohorts, raw, warehouse  # noqa: E402
+from assets.partitions import cohort_partitions  # noqa: E402
+from resources import DBT_PROJECT, EagrlHome, EhrSources, Warehouse, dbt_resource  # noqa: E402
 
 # The manifest is a build product: prepare it when it is missing (CI has no `dagster dev`).
 if not DBT_PROJECT.manifest_path.exists():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "dbt_project" / "seeds"
@@ -34,13 +33,19 @@ _CONVERSIONS = {
     "percent_to_fraction": lambda v: v.where(v <= 1, v / 100.0),
 }
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Only an empty field is NULL (MIMIC_IV_SCHEMA.md). pandas' default NA strings include "None",
+# which is the GCS eye-opening text for score 0: read with the defaults, it would become NaN.
+_NULL_IS_EMPTY: dict = {"keep_default_na": False, "na_values": [""]}
 
 
 def _seeds(seeds_dir: Path) -> dict[str, pd.DataFrame]:
-    names = ("feature_dictionary", "mimic_iv_chart_items", "mimic_iv_gcs_values")
-    seeds = {name: pd.read_csv(seeds_dir / f"{name}.csv") for name in names}
-    seeds["mimic_iv_lab_items"] = pd.read_csv(seeds_dir / "mimic_iv_lab_items.csv")
-    return seeds
+    names = (
+        "feature_dictionary",
+        "mimic_iv_chart_items",
+        "mimic_iv_gcs_values",
+        "mimic_iv_lab_items",
+    )
+    return {name: pd.read_csv(seeds_dir / f"{name}.csv", **_NULL_IS_EMPTY) for name in names}
 
 
 def feature_ids(dictionary: pd.DataFrame) -> list[str]:
@@ -107,28 +112,97 @@ def chart_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.Data
     reader = pd.read_csv(
         root / "icu/chartevents.csv.gz",
         usecols=["stay_id", "charttime", "itemid", "value", "valuenum"],
-        dtype={"stay_id": "int64", "itemid": "int64", "valuenum": "float64"},
+        dtype={"stay_id": "int64", "itemid": "int64", "value": "str", "valuenum": "float64"},
         chunksize=CHUNK_ROWS,
+        **_NULL_IS_EMPTY,
     )
     parts = []
     for chunk in reader:
         c = chunk[chunk["itemid"].isin(items["itemid"]) & chunk["charttime"].notna()]
         c = c.merge(items, on="itemid")
         c["charttime"] = pd.to_datetime(c["charttime"], format=_TIME_FORMAT)
-        c["value_num"] = c["valuenum"]
+        num = c["valuenum"].copy()
         for conversion, convert in _CONVERSIONS.items():
             rows = c["conversion"] == conversion
-            c.loc[rows, "value_num"] = convert(c.loc[rows, "valuenum"])
-        text_rows = c["conversion"].isin(["gcs_text", "capillary_refill_text"])
-        text = c[text_rows].assign(key=lambda t: t["value"].str.strip().str.lower())
+            num[rows] = convert(c.loc[rows, "valuenum"])
+        c["num"] = num
+        is_text = c["conversion"].isin(["gcs_text", "capillary_refill_text"])
+        text = c[is_text].assign(key=lambda t: t["value"].str.strip().str.lower())
         text = text.merge(text_scores, on=["feature_id", "key"], how="left")
-        text["value_num"] = np.where(
-            text["conversion"] == "gcs_text",
-            text["score"].fillna(text["valuenum"]),
-            text["score"],
-        )
-        c = pd.concat([c[~text_rows], text[c.columns]], ignore_index=True)
-        c = c.rename(columns={"value_num": "value_"})[["stay_id", "charttime", "feature_id"]]
-        c["value"] = pd.concat([c.pop("value_")], axis=1).iloc[:, 0] if False else None
-        parts.append(c)
+        gcs = text["conversion"] == "gcs_text"
+        text["num"] = text["score"].where(~gcs, text["score"].fillna(text["valuenum"]))
+        c = pd.concat([c[~is_text], text[c.columns]], ignore_index=True)
+        c = c.drop(columns="value").rename(columns={"num": "value"}).dropna(subset="value")
+        parts.append(_in_window(c, windows, "stay_id"))
     return pd.concat(parts, ignore_index=True)
+
+
+def lab_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]):
+    """labevents of the default panel attached to stays by subject_id and charttime."""
+    dictionary = seeds["feature_dictionary"]
+    panel = dictionary[(dictionary["dataset"] == "mimic_iv") & dictionary["in_default_panel"]]
+    items = seeds["mimic_iv_lab_items"][["itemid", "feature_id"]]
+    items = items[items["feature_id"].isin(panel["feature_id"])]
+    windows = stays[["subject_id", "stay_id", "intime", "outtime"]]
+    reader = pd.read_csv(
+        root / "hosp/labevents.csv.gz",
+        usecols=["subject_id", "itemid", "charttime", "valuenum"],
+        dtype={"subject_id": "int64", "itemid": "int64", "valuenum": "float64"},
+        chunksize=CHUNK_ROWS,
+    )
+    parts = []
+    for chunk in reader:
+        c = chunk.dropna(subset=["charttime", "valuenum"]).merge(items, on="itemid")
+        c["charttime"] = pd.to_datetime(c["charttime"], format=_TIME_FORMAT)
+        parts.append(_in_window(c.rename(columns={"valuenum": "value"}), windows, "subject_id"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def daily_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Daily mean per (stay, date, feature) plus GCS total, over the last 7 measured days."""
+    measurements["visit_date"] = measurements["charttime"].dt.normalize()
+    daily = (
+        measurements.groupby(["stay_id", "visit_date", "feature_id"], observed=True)["value"]
+        .mean()
+        .reset_index()
+    )
+    gcs = daily[daily["feature_id"].isin(GCS_COMPONENTS)]
+    gcs = gcs.groupby(["stay_id", "visit_date"])["value"].agg(["sum", "count"]).reset_index()
+    gcs = gcs[gcs["count"] == len(GCS_COMPONENTS)]
+    gcs_total = gcs[["stay_id", "visit_date"]].assign(feature_id="gcs_total", value=gcs["sum"])
+    daily = pd.concat([daily, gcs_total], ignore_index=True)
+    days = daily[["stay_id", "visit_date"]].drop_duplicates()
+    from_end = days.groupby("stay_id")["visit_date"].rank(method="first", ascending=False)
+    kept = days[from_end <= MAX_VISITS]
+    return daily.merge(kept, on=["stay_id", "visit_date"])
+
+
+def build_cohorts_pandas(mimic_root: Path, seeds_dir: Path = SEEDS_DIR) -> dict[str, pd.DataFrame]:
+    """``cohort_mimic_iv_mortality`` and ``cohort_mimic_iv_readmission`` from the raw csv.gz."""
+    root = Path(mimic_root)
+    seeds = _seeds(seeds_dir)
+    stays = labeled_stays(root)
+    measurements = pd.concat(
+        [chart_measurements(root, stays, seeds), lab_measurements(root, stays, seeds)],
+        ignore_index=True,
+    )
+    daily = daily_measurements(measurements)
+    del measurements
+    wide = daily.set_index(["stay_id", "visit_date", "feature_id"])["value"].unstack()
+    wide = wide.reindex(columns=feature_ids(seeds["feature_dictionary"])).reset_index()
+    wide.columns.name = None
+    wide["visit_index"] = (wide.groupby("stay_id")["visit_date"].rank(method="first") - 1).astype(
+        "int32"
+    )
+    base = wide.merge(stays, on="stay_id").rename(
+        columns={"stay_id": "patient_id", "subject_id": "group_id"}
+    )
+    base = base.sort_values(["patient_id", "visit_index"], ignore_index=True)
+    head = ["patient_id", "group_id", "visit_index", "visit_date"]
+    tail = ["sex", "age", "intime", "outtime", *feature_ids(seeds["feature_dictionary"])]
+    return {
+        f"cohort_mimic_iv_{task}": base[[*head, f"{task}_label", *tail]].rename(
+            columns={f"{task}_label": "label"}
+        )
+        for task in ("mortality", "readmission")
+    }

@@ -14,7 +14,7 @@ for _name, _value in {
     "DAGSTER_DISABLE_TELEMETRY": "1",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     "GX_ANALYTICS_ENABLED": "false",
-    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(_name, _value)

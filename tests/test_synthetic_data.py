@@ -15,7 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
-from eagrl_pipeline.data.synthetic_tjh import TJH_COLUMNS, TJH_LAB_COLUMNS, write_synthetic_tjh
+from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
+from eagrl_pipeline.data.tjh import TJH_COLUMNS, TJH_LAB_COLUMNS
 
 TS = "%Y-%m-%d %H:%M:%S"
 

@@ -13,34 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TJH_COLUMNS", "TJH_LAB_COLUMNS", "TJH_STATIC_COLUMNS", "write_synthetic_tjh"]
+from eagrl_pipeline.data.tjh import TJH_COLUMNS, TJH_LAB_COLUMNS
 
-# Header of time_series_375_prerpocess_en.xlsx, byte-for-byte and in order.
-TJH_COLUMNS: tuple[str, ...] = (
-    "PATIENT_ID", "RE_DATE", "age", "gender", "Admission time", "Discharge time", "outcome",
-    "Hypersensitive cardiac troponinI", "hemoglobin", "Serum chloride", "Prothrombin time",
-    "procalcitonin", "eosinophils(%)", "Interleukin 2 receptor", "Alkaline phosphatase",
-    "albumin", "basophil(%)", "Interleukin 10", "Total bilirubin", "Platelet count",
-    "monocytes(%)", "antithrombin", "Interleukin 8", "indirect bilirubin",
-    "Red blood cell distribution width ", "neutrophils(%)", "total protein",
-    "Quantification of Treponema pallidum antibodies", "Prothrombin activity", "HBsAg",
-    "mean corpuscular volume", "hematocrit", "White blood cell count", "Tumor necrosis factorα",
-    "mean corpuscular hemoglobin concentration", "fibrinogen", "Interleukin 1β", "Urea",
-    "lymphocyte count", "PH value", "Red blood cell count", "Eosinophil count",
-    "Corrected calcium", "Serum potassium", "glucose", "neutrophils count", "Direct bilirubin",
-    "Mean platelet volume", "ferritin", "RBC distribution width SD", "Thrombin time",
-    "(%)lymphocyte", "HCV antibody quantification", "D-D dimer", "Total cholesterol",
-    "aspartate aminotransferase", "Uric acid", "HCO3-", "calcium",
-    "Amino-terminal brain natriuretic peptide precursor(NT-proBNP)", "Lactate dehydrogenase",
-    "platelet large cell ratio ", "Interleukin 6", "Fibrin degradation products",
-    "monocytes count", "PLT distribution width", "globulin", "γ-glutamyl transpeptidase",
-    "International standard ratio", "basophil count(#)", "2019-nCoV nucleic acid detection",
-    "mean corpuscular hemoglobin ", "Activation of partial thromboplastin time",
-    "High sensitivity C-reactive protein", "HIV antibody quantification", "serum sodium",
-    "thrombocytocrit", "ESR", "glutamic-pyruvic transaminase", "eGFR", "creatinine",
-)  # fmt: skip
-TJH_STATIC_COLUMNS: tuple[str, ...] = TJH_COLUMNS[:7]
-TJH_LAB_COLUMNS: tuple[str, ...] = TJH_COLUMNS[7:]
+__all__ = ["write_synthetic_tjh"]
 
 # name -> (panel, median, spread, log-scale?, severity loading, decimals). Medians and spreads
 # are rough magnitudes of the real file; loadings follow the published mortality associations
@@ -122,6 +97,18 @@ _LABS: dict[str, tuple[str, float, float, bool, float, int]] = {
     "eGFR": ("chem", 88.0, 0.45, True, -0.5, 1),
     "creatinine": ("chem", 76.0, 0.5, True, 0.4, 0),
 }  # fmt: skip
+# Assay / physiological limits, so log-normal tails stay inside what a lab can report.
+_LIMITS: dict[str, tuple[float, float]] = {
+    "Hypersensitive cardiac troponinI": (1.9, 50000), "Interleukin 2 receptor": (50, 7500),
+    "Interleukin 10": (5, 1000), "Interleukin 8": (5, 7500), "Tumor necrosis factorα": (4, 200),
+    "Interleukin 1β": (5, 100), "Interleukin 6": (1.5, 5000), "Platelet count": (2, 800),
+    "eosinophils(%)": (0, 10), "(%)lymphocyte": (0, 70), "neutrophils(%)": (20, 99),
+    "neutrophils count": (0.05, 40), "Eosinophil count": (0, 0.8), "D-D dimer": (0.2, 60),
+    "Amino-terminal brain natriuretic peptide precursor(NT-proBNP)": (5, 70000),
+    "Lactate dehydrogenase": (100, 2500), "Fibrin degradation products": (4, 200),
+    "High sensitivity C-reactive protein": (0.1, 320), "ESR": (1, 120), "eGFR": (2, 200),
+    "thrombocytocrit": (0.01, 0.6), "PH value": (5, 8.5), "procalcitonin": (0.02, 60),
+}  # fmt: skip
 # Which panel a lab report holds (real reports are whole panels: blood routine, biochemistry...).
 _PANELS: dict[str, float] = {
     "cbc": 0.22, "chem": 0.21, "coag": 0.14, "cyto": 0.06,
@@ -199,9 +186,8 @@ def _patient_labs(rng: np.random.Generator, severity: float, died: bool, n: int)
         z = beta * sev_t + resid * (0.6 * patient_offset[j] + 0.8 * rng.normal(size=n))
         value = median * np.exp(spread * z) if log else median + spread * z
         if median > 0:
-            value = np.maximum(value, 10.0**-decimals)
-        if name.endswith("(%)") or name.startswith("(%)"):
-            value = np.minimum(value, 99.9)
+            lo, hi = _LIMITS.get(name, (10.0**-decimals, np.inf))
+            value = np.clip(value, lo, min(hi, 99.9) if "(%)" in name else hi)
         out[present, j] = np.round(value[present], decimals)
     return out
 

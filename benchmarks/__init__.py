@@ -1,0 +1,1 @@
+"""Benchmarks: the DuckDB/dbt warehouse against a plain-pandas cohort build."""

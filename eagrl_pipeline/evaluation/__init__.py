@@ -1,0 +1,1 @@
+"""Evaluation: bootstrap metrics, calibration, robustness, generalization, reports."""

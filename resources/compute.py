@@ -1,0 +1,41 @@
+"""Where training runs: the device, the dtype and the number of processes, decided once."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class Compute(ConfigurableResource):
+    device: str = Field(
+        default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'."
+    )
+    precision: str = Field(
+        default="auto",
+        description="'auto' (bf16 on a GPU that supports it, else fp32), 'bf16', 'fp16', 'fp32'.",
+    )
+    num_processes: int = Field(
+        default=1, description="Processes for training (>1 launches under accelerate)."
+    )
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"compute.device={self.device!r} but no CUDA device is visible. Fix: set "
+                "compute.device to 'auto' or 'cpu', or run on a GPU machine."
+            )
+        return self.device
+
+    def resolved_precision(self) -> str:
+        import torch
+
+        if self.precision != "auto":
+            return self.precision
+        device = self.resolved_device()
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
