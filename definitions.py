@@ -16,9 +16,17 @@ from dagster import (  # noqa: E402
     load_assets_from_modules,
 )
 
-from assets import cohorts, raw, warehouse  # noqa: E402
+from assets import cohorts, experts, raw, warehouse  # noqa: E402
 from assets.partitions import cohort_partitions  # noqa: E402
-from resources import DBT_PROJECT, EagrlHome, EhrSources, Warehouse, dbt_resource  # noqa: E402
+from resources import (  # noqa: E402
+    DBT_PROJECT,
+    Compute,
+    EagrlHome,
+    EhrSources,
+    MlflowTracking,
+    Warehouse,
+    dbt_resource,
+)
 
 # The manifest is a build product: prepare it when it is missing (CI has no `dagster dev`).
 if not DBT_PROJECT.manifest_path.exists():
@@ -26,18 +34,19 @@ if not DBT_PROJECT.manifest_path.exists():
 
 EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
 
-all_assets = load_assets_from_modules([raw, warehouse, cohorts])
+all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts])
 
 warehouse_job = define_asset_job(
     "build_warehouse",
     selection=AssetSelection.groups("raw", "warehouse"),
     description="Raw inputs and the dbt warehouse (unpartitioned): run once before cohorts.",
 )
-cohorts_job = define_asset_job(
-    "build_cohorts",
-    selection=AssetSelection.groups("cohorts"),
+partition_job = define_asset_job(
+    "partition_lineage",
+    selection=AssetSelection.groups("cohorts", "experts"),
     partitions_def=cohort_partitions,
-    description="One cohort partition, gated by its Great Expectations suite.",
+    description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
+    "then the expert model and its feature ranking.",
 )
 
 
@@ -47,6 +56,13 @@ def build_resources(home: str) -> dict[str, object]:
         "home": EagrlHome(path=home),
         "warehouse": Warehouse(path=str(Path(home) / "warehouse.duckdb")),
         "dbt": dbt_resource(),
+        "compute": Compute(
+            device=os.environ.get("EAGRL_DEVICE", "auto"),
+            precision=os.environ.get("EAGRL_PRECISION", "auto"),
+        ),
+        "mlflow_tracking": MlflowTracking(
+            home=home, tracking_uri=os.environ.get("EAGRL_MLFLOW_TRACKING_URI") or None
+        ),
         "sources": EhrSources(
             tjh_path=os.environ.get("EAGRL_TJH_PATH") or None,
             mimic_iv_root=os.environ.get("EAGRL_MIMIC_IV_ROOT") or None,
@@ -57,6 +73,6 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[warehouse_job, cohorts_job],
+    jobs=[warehouse_job, partition_job],
     resources=build_resources(EAGRL_HOME),
 )

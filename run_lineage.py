@@ -25,7 +25,7 @@ def main() -> int:
         print("The warehouse build failed; see the Dagster logs above.", file=sys.stderr)
         return 1
     for partition in COHORTS:
-        result = defs.get_job_def("build_cohorts").execute_in_process(
+        result = defs.get_job_def("partition_lineage").execute_in_process(
             instance=instance, partition_key=partition, raise_on_error=False
         )
         checks = [evaluation for evaluation in result.get_asset_check_evaluations()]

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ class Measurement:
 
     wall_s: float
     peak_mb: float
+    cpu_s: float  # user + system of the whole tree: robust when other jobs share the CPUs
     killed: str | None = None
     rc: int = 0
     report: dict = field(default_factory=dict)
@@ -57,6 +59,7 @@ def measure(
 ) -> Measurement:
     """Run ``cmd``; poll the tree's summed RSS every 0.1 s; kill it past the memory/time limit."""
     start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     root = psutil.Process(proc.pid)
@@ -83,9 +86,11 @@ def measure(
         time.sleep(0.1)
     rc = proc.wait()
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     report_path = log.with_suffix(".json")
     report = json.loads(report_path.read_text()) if report_path.exists() and not killed else {}
-    return Measurement(wall, peak, killed, rc, report)
+    return Measurement(wall, peak, cpu, killed, rc, report)
 
 
 # --- child processes: each path exactly as it would run, reporting stage timings as JSON ----
@@ -194,7 +199,11 @@ def _fmt(m: Measurement, value: float, spec: str) -> str:
 
 def _report(name: str, m: Measurement, log: Path, detail: Callable[[dict], str]) -> None:
     status = m.killed or (f"exit {m.rc}, see {log}" if m.rc else detail(m.report))
-    print(f"  {name}: {m.wall_s:.1f} s, peak {m.peak_mb:.0f} MB; {status}", flush=True)
+    print(
+        f"  {name}: {m.wall_s:.1f} s wall, {m.cpu_s:.1f} s CPU, peak {m.peak_mb:.0f} MB; {status}",
+        f"(load avg {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
 
 
 def run_size(n: int, args: argparse.Namespace, check: bool) -> dict[str, object]:
@@ -256,24 +265,30 @@ def run_size(n: int, args: argparse.Namespace, check: bool) -> dict[str, object]
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'stays':>7} {'chart rows':>11} {'out rows':>9} {'gen s':>6} {'duckdb s':>9} "
-        f"{'duckdb MB':>9} {'pandas s':>9} {'pandas MB':>9} {'duckdb rows/s':>13} "
-        f"{'pandas rows/s':>13} {'pandas/duckdb':>13}"
-    )
-    print("\n" + head + "\n" + "-" * len(head))
+    """The summary: rows/s = chartevents rows per wall second; ratios are pandas / duckdb."""
+    cols = ["stays", "chart rows", "out rows", "gen s", "duckdb s", "duckdb cpu s", "duckdb MB",
+            "pandas s", "pandas cpu s", "pandas MB", "duckdb rows/s", "pandas rows/s",
+            "pandas/duckdb", "cpu ratio"]  # fmt: skip
+    table = []
     for r in rows:
         d, p = r["duck"], r["pand"]
-        ratio = f"{p.wall_s / d.wall_s:.1f}x" if d.ok and p.ok else "-"
-        print(
-            f"{r['n']:>7} {r['chart']:>11,} {r['out']:>9,} {r['gen']:>6.1f} "
-            f"{_fmt(d, d.wall_s, '.1f'):>9} {d.peak_mb:>9.0f} {_fmt(p, p.wall_s, '.1f'):>9} "
-            f"{p.peak_mb:>9.0f} {_fmt(d, r['chart'] / d.wall_s, ',.0f'):>13} "
-            f"{_fmt(p, r['chart'] / p.wall_s, ',.0f'):>13} {ratio:>13}"
-        )
-        for name, m in (("duckdb", d), ("pandas", p)):
-            if m.killed:
-                print(f"{'':>7} {name}: {m.killed}")
+        both = d.ok and p.ok
+        table.append([
+            f"{r['n']}", f"{r['chart']:,}", f"{r['out']:,}", f"{r['gen']:.1f}",
+            _fmt(d, d.wall_s, ".1f"), _fmt(d, d.cpu_s, ".1f"), f"{d.peak_mb:.0f}",
+            _fmt(p, p.wall_s, ".1f"), _fmt(p, p.cpu_s, ".1f"), f"{p.peak_mb:.0f}",
+            _fmt(d, r["chart"] / d.wall_s, ",.0f"), _fmt(p, r["chart"] / p.wall_s, ",.0f"),
+            f"{p.wall_s / d.wall_s:.1f}x" if both else "-",
+            f"{p.cpu_s / d.cpu_s:.1f}x" if both else "-",
+        ])  # fmt: skip
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    line = " | ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
+    print("\n" + line + "\n" + "-" * len(line))
+    for r, t in zip(rows, table, strict=True):
+        print(" | ".join(v.rjust(w) for v, w in zip(t, widths, strict=True)))
+        for name, m in (("duckdb", r["duck"]), ("pandas", r["pand"])):
+            if not m.ok:
+                print(f"    {name}: {m.killed or f'exit {m.rc}'}")
 
 
 def main(argv: list[str] | None = None) -> int:
