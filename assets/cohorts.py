@@ -1,7 +1,6 @@
 """Cohorts per dataset-task partition: split, imputed and normalised arrays, with Great
 Expectations suites as blocking checks so no later stage trains on a bad cohort."""
 
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,

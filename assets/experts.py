@@ -120,7 +120,9 @@ def expert_model(
         mlflow.log_params({"models": ",".join(config.models), "device": device})
         mlflow.log_params({f"expert.{k}": v for k, v in expert_config.to_dict().items()})
         for name in config.models:
-            with mlflow.start_run(run_name=name, nested=True):
+            with mlflow.start_run(
+                run_name=name, nested=True, experiment_id=parent.info.experiment_id
+            ):
 
                 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
                     mlflow.log_metrics(metrics, step=epoch)

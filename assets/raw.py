@@ -1,6 +1,5 @@
 """Raw inputs: validated, typed parquet snapshots with the input's fingerprint as data version."""
 
-
 import json
 from pathlib import Path
 

@@ -4,7 +4,6 @@ One dbt build per run (not per partition): the dbt assets are unpartitioned, so 
 the cohort partitions never splits the warehouse into many builds.
 """
 
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -77,4 +77,6 @@ def rank_features(
 ) -> list[list[tuple[str, float]]]:
     """Each patient's (feature, score) pairs by score descending (ties: feature order)."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-    return [[(feature_ids[j], float(row[j])) for j in o] for row, o in zip(scores, order)]
+    return [
+        [(feature_ids[j], float(row[j])) for j in o] for row, o in zip(scores, order, strict=True)
+    ]
