@@ -18,7 +18,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install manifest run test dev lint bench clean
+.PHONY: install manifest run test dev mlflow lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,12 +47,18 @@ test: manifest
 dev: manifest $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
+mlflow: install
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(EAGRL_HOME)/mlflow/mlflow.db \
+		--default-artifact-root $(EAGRL_HOME)/mlflow/artifacts
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 bench: manifest
 	$(BIN)/python benchmarks/warehouse.py
+	$(BIN)/python benchmarks/experts.py
 
 clean:
 	rm -rf dbt_project/target dbt_project/logs

@@ -14,10 +14,14 @@ from assets.partitions import COHORTS
 from definitions import EAGRL_HOME, defs
 
 
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def main() -> int:
     instance = DagsterInstance.get()
     started = time.monotonic()
-    failed: list[str] = []
+    failed: dict[str, list[str]] = {}
     result = defs.get_job_def("build_warehouse").execute_in_process(
         instance=instance, raise_on_error=False
     )
@@ -28,33 +32,42 @@ def main() -> int:
         result = defs.get_job_def("partition_lineage").execute_in_process(
             instance=instance, partition_key=partition, raise_on_error=False
         )
-        checks = [evaluation for evaluation in result.get_asset_check_evaluations()]
-        if not result.success or not all(c.passed for c in checks):
-            failed.append(partition)
+        bad = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+        if not result.success or bad:
+            failed[partition] = bad or ["run failed"]
     elapsed = time.monotonic() - started
 
-    home = Path(EAGRL_HOME)
+    artifacts = Path(EAGRL_HOME) / "artifacts"
     print("\n== eagrl-pipeline: lineage materialized ==")
-    print(
-        f"{'partition':<22}{'train':>8}{'val':>6}{'test':>6}{'prev(test)':>12}{'visits':>9}  checks"
-    )
+    header = ("partition", "train", "val", "test", "prev", "expert", "test AUROC", "test AUPRC")
+    print("{:<22}{:>7}{:>5}{:>6}{:>7}  {:<9}{:>17}{:>17}  checks".format(*header))
     for partition in COHORTS:
-        manifest_path = home / "artifacts" / "cohort_dataset" / partition / "manifest.json"
-        if not manifest_path.exists():
+        cohort = _read_json(artifacts / "cohort_dataset" / partition / "manifest.json")
+        expert = _read_json(artifacts / "expert_model" / partition / "manifest.json")
+        if cohort is None:
             print(f"{partition:<22}  (not built)")
             continue
-        manifest = json.loads(manifest_path.read_text())
-        summary = manifest["summary"]
-        status = "FAILED" if partition in failed else "passed"
-        print(
-            f"{partition:<22}{summary['train']['patients']:>8}{summary['val']['patients']:>6}"
-            f"{summary['test']['patients']:>6}{summary['test']['prevalence']:>12.3f}"
-            f"{summary['visits']:>9}  {status}"
+        s = cohort["summary"]
+        line = (
+            f"{partition:<22}{s['train']['patients']:>7}{s['val']['patients']:>5}"
+            f"{s['test']['patients']:>6}{s['test']['prevalence']:>7.3f}  "
         )
-    print(f"\nwarehouse (DuckDB): {home / 'warehouse.duckdb'}")
-    print(f"cohorts:            {home / 'artifacts' / 'cohort_dataset'}/<partition>/")
-    print(f"raw snapshots:      {home / 'artifacts'}/raw_tjh, raw_mimic_iv")
-    print(f"Dagster instance:   {instance.root_directory}  (make dev opens the UI)")
+        if expert is not None:
+            r = expert["models"][expert["primary"]]
+            auroc, auprc = r["test_auroc"], r["test_auprc"]
+            line += (
+                f"{expert['primary']:<9}{auroc['mean']:>10.4f}±{auroc['std']:.4f}"
+                f"{auprc['mean']:>10.4f}±{auprc['std']:.4f}"
+            )
+        else:
+            line += f"{'-':<9}{'-':>17}{'-':>17}"
+        status = "FAILED: " + ", ".join(failed[partition]) if partition in failed else "passed"
+        print(f"{line}  {status}")
+    print(f"\nwarehouse (DuckDB):  {Path(EAGRL_HOME) / 'warehouse.duckdb'}")
+    print(f"cohorts:             {artifacts / 'cohort_dataset'}/<partition>/")
+    print(f"experts, rankings:   {artifacts}/expert_model|expert_feature_ranking/<partition>/")
+    print(f"MLflow store:        {Path(EAGRL_HOME) / 'mlflow'}  (make mlflow opens the UI)")
+    print(f"Dagster instance:    {instance.root_directory}  (make dev opens the UI)")
     print(f"wall time: {elapsed:.1f} s")
     return 1 if failed else 0
 

@@ -102,7 +102,9 @@ def _in_window(frame: pd.DataFrame, windows: pd.DataFrame, key: str) -> pd.DataF
     return m[["stay_id", "charttime", "feature_id", "value"]]
 
 
-def chart_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]):
+def chart_measurements(
+    root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
     """chartevents -> (stay_id, charttime, feature_id, value) in the dictionary's units."""
     items = seeds["mimic_iv_chart_items"][["itemid", "feature_id", "conversion"]]
     text_scores = seeds["mimic_iv_gcs_values"].assign(
@@ -137,7 +139,9 @@ def chart_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.Data
     return pd.concat(parts, ignore_index=True)
 
 
-def lab_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]):
+def lab_measurements(
+    root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
     """labevents of the default panel attached to stays by subject_id and charttime."""
     dictionary = seeds["feature_dictionary"]
     panel = dictionary[(dictionary["dataset"] == "mimic_iv") & dictionary["in_default_panel"]]
@@ -160,7 +164,7 @@ def lab_measurements(root: Path, stays: pd.DataFrame, seeds: dict[str, pd.DataFr
 
 def daily_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
     """Daily mean per (stay, date, feature) plus GCS total, over the last 7 measured days."""
-    measurements["visit_date"] = measurements["charttime"].dt.normalize()
+    measurements = measurements.assign(visit_date=measurements["charttime"].dt.normalize())
     daily = (
         measurements.groupby(["stay_id", "visit_date", "feature_id"], observed=True)["value"]
         .mean()

@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    temporary = args.workdir is None
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="eagrl_bench_", dir="/tmp")
     limit = os.environ.get("EAGRL_DUCKDB_MEMORY_LIMIT", "3GB (default)")
     ram = psutil.virtual_memory().total / 2**30
@@ -330,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:  # raw csv.gz, parquet snapshot and warehouse: GBs at 100k stays
             shutil.rmtree(Path(args.workdir) / f"stays_{n}", ignore_errors=True)
     print_table(rows)
+    if temporary and not args.keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
 
 

@@ -35,16 +35,6 @@
 {#- The MIMIC-IV cohort for one label column: one row per kept day of an adult ICU stay. -#}
 {% macro mimic_iv_cohort(label_column) %}
 {% set features = cohort_feature_ids('mimic_iv') %}
-with features as (
-    select
-        m.stay_id,
-        m.visit_date
-        {%- if features | length > 0 %},{% endif %}
-        {{ pivot_features(features) }}
-    from {{ ref('int_icu_measurements_daily') }} as m
-    group by m.stay_id, m.visit_date
-)
-
 select
     s.stay_id as patient_id,
     s.subject_id as group_id,
@@ -60,6 +50,7 @@ select
     {%- endfor %}
 from {{ ref('int_icu_visits_daily') }} as v
 inner join {{ ref('int_icu_stays_labeled') }} as s on s.stay_id = v.stay_id
-left join features as f on f.stay_id = v.stay_id and f.visit_date = v.visit_date
+inner join {{ ref('int_icu_visit_features_pivoted') }} as f
+    on f.stay_id = v.stay_id and f.visit_date = v.visit_date
 order by patient_id, visit_index
 {% endmacro %}

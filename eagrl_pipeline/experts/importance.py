@@ -13,7 +13,7 @@ from torch import Tensor
 
 from eagrl_pipeline.data.cohort import CohortArrays
 from eagrl_pipeline.experts.models import AdaCareExpert, ConCareExpert, ExpertModel
-from eagrl_pipeline.experts.training import TrainedExpert, _autocast, _unwrap, to_tensors
+from eagrl_pipeline.experts.training import TrainedExpert, as_model, to_tensors
 
 
 def _occlusion(model: ExpertModel, batch: dict[str, Tensor]) -> Tensor:
@@ -47,21 +47,22 @@ def feature_importance(
 ) -> tuple[np.ndarray, str]:
     """Scores (patients, features), non-negative, rows summing to 1, and the method's name.
 
-    A row with no signal at all (every score 0) becomes uniform rather than NaN.
+    Runs in full precision (no autocast) so small occlusion differences are not rounded away.
+    A row with no signal at all (every score 0) becomes uniform rather than NaN. The model is
+    moved to ``device`` and left there.
     """
-    model = _unwrap(trained_or_model).to(device).eval()
+    model = as_model(trained_or_model).to(device).eval()
     method = method_for(model)
     idx = np.arange(len(arrays.y)) if indices is None else np.asarray(indices)
     tensors = to_tensors(arrays, idx, device)
     parts = []
     for start in range(0, idx.size, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in tensors.items()}
-        with _autocast(device):
-            if method == "occlusion":
-                scores = _occlusion(model, batch)
-            else:
-                args = (batch["x"], batch["static"], batch["visit_mask"], batch["observed"])
-                scores = model.feature_weights(*args)  # type: ignore[operator]
+        if method == "occlusion":
+            scores = _occlusion(model, batch)
+        else:
+            args = (batch["x"], batch["static"], batch["visit_mask"], batch["observed"])
+            scores = model.feature_weights(*args)  # type: ignore[operator]
         parts.append(scores.float().cpu().numpy().astype("float64"))
     n_features = arrays.x.shape[2]
     scores = np.concatenate(parts) if parts else np.zeros((0, n_features))

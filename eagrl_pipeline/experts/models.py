@@ -221,7 +221,7 @@ class ConCareExpert(ExpertModel):
         tokens = tokens + self.drop(context)
         tokens = tokens + self.drop(self.ffn(self.norm2(tokens)))
         q = self.w_q(tokens[:, -1])  # the demographic token asks which features matter
-        scores = torch.einsum("bnh,bh->bn", self.w_k(tokens), q) / math.sqrt(q.size(-1))
+        scores = torch.einsum("bnh,bh->bn", self.w_k(tokens), q)
         attn = torch.softmax(scores, dim=-1)
         return torch.einsum("bn,bnh->bh", attn, self.w_v(tokens)), attn
 

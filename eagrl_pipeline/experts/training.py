@@ -44,7 +44,7 @@ class TrainedExpert:
         return len(self.feature_ids)
 
 
-def _unwrap(model: ExpertModel | TrainedExpert) -> ExpertModel:
+def as_model(model: ExpertModel | TrainedExpert) -> ExpertModel:
     return model.model if isinstance(model, TrainedExpert) else model
 
 
@@ -68,8 +68,9 @@ def _autocast(device: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _logits(model: ExpertModel, batch: dict[str, Tensor], device: str) -> Tensor:
-    with _autocast(device):
+def _logits(model: ExpertModel, batch: dict[str, Tensor], device: str | None = None) -> Tensor:
+    """Logits in float32; bf16 autocast only when a device is given (training steps)."""
+    with _autocast(device) if device else contextlib.nullcontext():
         out = model(batch["x"], batch["static"], batch["visit_mask"], batch["observed"])
     return out.float()
 
@@ -117,8 +118,9 @@ def train_expert(
     """AdamW + BCE-with-logits on the train split, early stopping on validation AUROC.
 
     Ties in validation AUROC (frequent on TJH's 21 validation patients) go to the lower
-    validation loss. Seeded end to end (init, dropout, shuffling), so two CPU runs with the same
-    config give the same history. The best state is loaded and the model returned on CPU.
+    validation loss (plain BCE; the train loss carries ``pos_weight`` when classes are
+    balanced). Seeded end to end (init, dropout, shuffling), so two CPU runs with the same config
+    give the same history. The best state is loaded and the model returned on CPU.
     """
     train_idx, val_idx = _split_indices(arrays, "train"), _split_indices(arrays, "val")
     if train_idx.size == 0 or val_idx.size == 0:
@@ -147,12 +149,12 @@ def train_expert(
             model.train()
             perm = torch.randperm(train_idx.size, generator=generator).to(device)
             shuffled = {k: v[perm] for k, v in train.items()}
-            total = 0.0
+            total = torch.zeros((), device=device)  # summed on device: no sync per batch
             for batch in _batches(shuffled, config.batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 model.aux_loss = None
                 loss = loss_fn(_logits(model, batch, device), batch["y"])
-                total += float(loss.detach()) * batch["y"].size(0)
+                total += loss.detach() * batch["y"].size(0)
                 if model.aux_loss is not None and config.decov_weight > 0:
                     loss = loss + config.decov_weight * model.aux_loss
                 loss.backward()
@@ -161,11 +163,11 @@ def train_expert(
                 optimizer.step()
             model.aux_loss = None
 
-            val_logits = _predict_logits(model, val, device, 1024)
+            val_logits = _predict_logits(model, val, 1024)
             val_loss = float(nn.functional.binary_cross_entropy_with_logits(val_logits, val["y"]))
             metrics = binary_metrics(arrays.y[val_idx], torch.sigmoid(val_logits).cpu().numpy())
             row = {
-                "train_loss": total / train_idx.size,
+                "train_loss": float(total) / train_idx.size,
                 "val_loss": val_loss,
                 "val_auroc": metrics["auroc"],
                 "val_auprc": metrics["auprc"],
@@ -202,11 +204,10 @@ def train_expert(
 
 
 @torch.no_grad()
-def _predict_logits(
-    model: ExpertModel, tensors: dict[str, Tensor], device: str, batch_size: int
-) -> Tensor:
+def _predict_logits(model: ExpertModel, tensors: dict[str, Tensor], batch_size: int) -> Tensor:
+    """Eval-mode logits in full precision: cheap, and metrics and rankings stay exact."""
     model.eval()
-    return torch.cat([_logits(model, b, device) for b in _batches(tensors, batch_size)])
+    return torch.cat([_logits(model, b) for b in _batches(tensors, batch_size)])
 
 
 def predict_proba(
@@ -216,10 +217,13 @@ def predict_proba(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Outcome probabilities for ``indices`` (default: every patient), in that order."""
-    net = _unwrap(model).to(device)
+    """Outcome probabilities for ``indices`` (default: every patient), in that order.
+
+    The model is moved to ``device`` and left there.
+    """
+    net = as_model(model).to(device)
     idx = np.arange(len(arrays.y)) if indices is None else np.asarray(indices)
-    logits = _predict_logits(net, to_tensors(arrays, idx, device), device, batch_size)
+    logits = _predict_logits(net, to_tensors(arrays, idx, device), batch_size)
     return torch.sigmoid(logits).cpu().numpy().astype("float64")
 
 

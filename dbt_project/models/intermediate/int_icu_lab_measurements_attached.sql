@@ -1,5 +1,6 @@
 -- Labs attached to ICU stays by subject and time (not by hadm_id, which is NULL for about a
--- quarter of lab rows). Empty when the feature set is 'vitals'.
+-- quarter of lab rows). Empty when the feature set is 'vitals'. A view, aggregated once downstream.
+{{ config(materialized='view') }}
 {% set lab_ids = var('mimic_iv_lab_feature_ids') %}
 select
     s.stay_id,

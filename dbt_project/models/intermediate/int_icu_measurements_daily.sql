@@ -17,7 +17,7 @@ gcs_total as (
     from daily
     where feature_id in ('gcs_eye', 'gcs_motor', 'gcs_verbal')
     group by stay_id, visit_date
-    having count(*) = 3
+    having count(value) = 3
 ),
 
 all_daily as (
