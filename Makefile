@@ -57,8 +57,8 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: manifest
-	$(BIN)/python benchmarks/warehouse.py
-	$(BIN)/python benchmarks/experts.py
+	$(BIN)/python -m benchmarks.warehouse
+	$(BIN)/python -m benchmarks.experts
 
 clean:
 	rm -rf dbt_project/target dbt_project/logs

@@ -59,6 +59,7 @@ def build_resources(home: str) -> dict[str, object]:
         "compute": Compute(
             device=os.environ.get("EAGRL_DEVICE", "auto"),
             precision=os.environ.get("EAGRL_PRECISION", "auto"),
+            cpu_threads=int(os.environ.get("EAGRL_CPU_THREADS", "1")),
         ),
         "mlflow_tracking": MlflowTracking(
             home=home, tracking_uri=os.environ.get("EAGRL_MLFLOW_TRACKING_URI") or None

@@ -109,7 +109,7 @@ def expert_model(
     partition = context.partition_key
     dataset, _ = split_partition(partition)
     arrays = _load_cohort(home, partition)
-    device = compute.resolved_device()
+    device = compute.configure_torch()
     expert_config = config.expert_config(dataset)
     out_dir = home.artifact_dir("expert_model", partition)
     test_idx = np.flatnonzero(arrays.split == "test")
@@ -283,7 +283,7 @@ def expert_feature_ranking(
     names = [manifest["primary"]] + [m for m in manifest["models"] if m != manifest["primary"]]
     if config.aggregation == "primary":
         names = names[:1]
-    device = compute.resolved_device()
+    device = compute.configure_torch()
     score_sets, methods = [], []
     for name in names:
         model, _ = load_expert(expert_dir / name)

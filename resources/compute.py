@@ -17,6 +17,20 @@ class Compute(ConfigurableResource):
     num_processes: int = Field(
         default=1, description="Processes for training (>1 launches under accelerate)."
     )
+    cpu_threads: int = Field(
+        default=1,
+        description="torch threads on the CPU. Small expert models run fastest on one thread "
+        "(measured 5-15x faster than two on a busy 2-core machine); raise it for big models.",
+    )
+
+    def configure_torch(self) -> str:
+        """Apply the thread setting and return the device to train on."""
+        import torch
+
+        device = self.resolved_device()
+        if device == "cpu" and self.cpu_threads > 0:
+            torch.set_num_threads(self.cpu_threads)
+        return device
 
     def resolved_device(self) -> str:
         import torch
