@@ -663,14 +663,16 @@ def _lab_chunk(
     offsets = rng.normal(size=(n, len(_LAB_SPEC)))
 
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for k, (_, median, spread, log, beta, decimals, _, _, panel, _) in enumerate(
+    for k, (_, median, spread, log, beta, decimals, ref_lo, _, panel, _) in enumerate(
         _LAB_SPEC.values()
     ):
         d = np.flatnonzero(panel_on[panel] & (rng.random(d_stay.size) < 0.97))
         resid = np.sqrt(1 - beta**2)
         z = beta * sev[d] + resid * (0.6 * offsets[d_stay[d], k] + 0.8 * rng.normal(size=d.size))
         v = median * np.exp(spread * z) if log else median + spread * z
-        parts.append((d, np.full(d.size, k), np.round(np.maximum(v, 10.0**-decimals), decimals)))
+        # Lab results stay physiologically possible: no PT of 4 s, whatever the tail draws.
+        floor = max(10.0**-decimals, 0.6 * (ref_lo or 0.0))
+        parts.append((d, np.full(d.size, k), np.round(np.maximum(v, floor), decimals)))
     d = np.concatenate([p[0] for p in parts])
     spec_pos = np.concatenate([p[1] for p in parts])
     num = np.concatenate([p[2] for p in parts])
