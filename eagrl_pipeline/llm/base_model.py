@@ -95,7 +95,11 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
-    return {"source_name": path.name, "source_size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {
+        "source_name": path.name,
+        "source_size": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def _is_converted(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
@@ -155,7 +159,12 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        info = validate_model_dir(tmp)
+        try:
+            info = validate_model_dir(tmp)
+        except LanguageModelError as exc:  # name the source, not the temporary folder
+            raise LanguageModelError(
+                gguf_path, f"converts to an unusable model: {exc.problem}", fix=exc.fix
+            ) from exc
         marker = {
             **fingerprint,
             "source_path": str(gguf_path),
@@ -210,10 +219,10 @@ def validate_model_dir(path: str | Path, *, load_weights: bool = True) -> ModelI
     try:
         sample = tokenizer.apply_chat_template(PROBE_CONVERSATION, tokenize=False)
     except Exception as exc:
-        raise _fail(path, f"the chat template fails to render ({exc}).", "fix the template.") from exc
-    if not isinstance(sample, str) or not all(
-        m["content"] in sample for m in PROBE_CONVERSATION
-    ):
+        raise _fail(
+            path, f"the chat template fails to render ({exc}).", "fix the template."
+        ) from exc
+    if not isinstance(sample, str) or not all(m["content"] in sample for m in PROBE_CONVERSATION):
         raise _fail(path, "the chat template drops message content.", "fix the template.")
 
     weight_files = [f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern)]
@@ -241,7 +250,7 @@ def validate_model_dir(path: str | Path, *, load_weights: bool = True) -> ModelI
     else:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    dtype = next(model.parameters()).dtype if load_weights else config.dtype
+    dtype = next(model.parameters()).dtype if load_weights else (config.dtype or "unknown")
 
     vocab = len(tokenizer)
     embeddings = model.get_input_embeddings().num_embeddings

@@ -135,7 +135,7 @@ def generate_batch(
         do_sample=do_sample,
         temperature=temperature if do_sample else 1.0,
         top_p=top_p if do_sample else 1.0,
-        top_k=top_k if do_sample else 0,
+        top_k=top_k if do_sample else 50,  # unused when greedy; 50 is what validation expects
         repetition_penalty=1.0,
         num_beams=1,
         use_cache=True,

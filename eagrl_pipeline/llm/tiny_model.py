@@ -95,6 +95,9 @@ def build_tiny_qwen2(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=tokenizer.model_max_length,
         tie_word_embeddings=True,
+        # Large random weights make greedy output depend on the prompt (the default 0.02
+        # gives near-uniform logits and the same token for every prompt).
+        initializer_range=0.5,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

