@@ -16,13 +16,14 @@ from dagster import (  # noqa: E402
     load_assets_from_modules,
 )
 
-from assets import cohorts, experts, raw, warehouse  # noqa: E402
+from assets import cohorts, experts, raw, reasoning, warehouse  # noqa: E402
 from assets.partitions import cohort_partitions  # noqa: E402
 from resources import (  # noqa: E402
     DBT_PROJECT,
     Compute,
     EagrlHome,
     EhrSources,
+    LanguageModel,
     MlflowTracking,
     Warehouse,
     dbt_resource,
@@ -34,19 +35,22 @@ if not DBT_PROJECT.manifest_path.exists():
 
 EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
 
-all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts])
+all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts, reasoning])
 
-warehouse_job = define_asset_job(
-    "build_warehouse",
-    selection=AssetSelection.groups("raw", "warehouse"),
-    description="Raw inputs and the dbt warehouse (unpartitioned): run once before cohorts.",
+shared_job = define_asset_job(
+    "shared_inputs",
+    selection=AssetSelection.groups("raw", "warehouse")
+    | AssetSelection.assets("base_language_model"),
+    description="What every partition shares (unpartitioned): raw inputs, the dbt warehouse "
+    "and the base language model. Run once before the partitions.",
 )
 partition_job = define_asset_job(
     "partition_lineage",
-    selection=AssetSelection.groups("cohorts", "experts"),
+    selection=AssetSelection.groups("cohorts", "experts", "reasoning")
+    - AssetSelection.assets("base_language_model"),
     partitions_def=cohort_partitions,
     description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
-    "then the expert model and its feature ranking.",
+    "expert model and feature ranking, prompts and base-model predictions.",
 )
 
 
@@ -61,6 +65,7 @@ def build_resources(home: str) -> dict[str, object]:
             precision=os.environ.get("EAGRL_PRECISION", "auto"),
             cpu_threads=int(os.environ.get("EAGRL_CPU_THREADS", "1")),
         ),
+        "llm": LanguageModel(path=os.environ.get("EAGRL_MODEL_PATH") or None),
         "mlflow_tracking": MlflowTracking(
             home=home, tracking_uri=os.environ.get("EAGRL_MLFLOW_TRACKING_URI") or None
         ),
@@ -74,6 +79,6 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[warehouse_job, partition_job],
+    jobs=[shared_job, partition_job],
     resources=build_resources(EAGRL_HOME),
 )

@@ -22,7 +22,7 @@ def main() -> int:
     instance = DagsterInstance.get()
     started = time.monotonic()
     failed: dict[str, list[str]] = {}
-    result = defs.get_job_def("build_warehouse").execute_in_process(
+    result = defs.get_job_def("shared_inputs").execute_in_process(
         instance=instance, raise_on_error=False
     )
     if not result.success:

@@ -3,6 +3,7 @@
 from resources.compute import Compute
 from resources.dbt import DBT_PROJECT, dbt_resource, dbt_vars
 from resources.home import EagrlHome
+from resources.language_model import LanguageModel
 from resources.mlflow_tracking import MlflowTracking
 from resources.sources import EhrSources
 from resources.warehouse import Warehouse
@@ -12,6 +13,7 @@ __all__ = [
     "Compute",
     "EagrlHome",
     "EhrSources",
+    "LanguageModel",
     "MlflowTracking",
     "Warehouse",
     "dbt_resource",

@@ -68,3 +68,37 @@ def lineage_home(tmp_path_factory: pytest.TempPathFactory):
         "warehouse": warehouse,
         "cohorts": cohorts,
     }
+
+
+EXPERT_PARTITION = "mimic_iv-mortality"
+
+
+@pytest.fixture(scope="session")
+def experts_run(lineage_home):
+    """Two quick experts (GRU primary, ConCare) and a mean-rank ranking on one partition."""
+    from dagster import AssetSelection, materialize
+
+    from definitions import all_assets
+
+    result = materialize(
+        all_assets,
+        selection=AssetSelection.assets("expert_model", "expert_feature_ranking"),
+        partition_key=EXPERT_PARTITION,
+        resources=lineage_home["resources"],
+        instance=lineage_home["instance"],
+        run_config={
+            "ops": {
+                "expert_model": {
+                    "config": {
+                        "models": ["gru", "concare"],
+                        "max_epochs": 2,
+                        "bootstrap_resamples": 50,
+                        "val_auroc_floor": 0.0,
+                    }
+                },
+                "expert_feature_ranking": {"config": {"aggregation": "mean_rank", "top_k": 3}},
+            }
+        },
+        raise_on_error=False,
+    )
+    return result, lineage_home

@@ -14,7 +14,7 @@ def test_definitions_load_with_jobs_partitions_and_dbt_checks():
     from definitions import defs
 
     repo = defs.get_repository_def()
-    assert {"build_warehouse", "partition_lineage"} <= {j.name for j in repo.get_all_jobs()}
+    assert {"shared_inputs", "partition_lineage"} <= {j.name for j in repo.get_all_jobs()}
     graph = repo.asset_graph
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"raw_tjh", "raw_mimic_iv", "cohort_dataset", "feature_dictionary"} <= keys

@@ -8,39 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetSelection, materialize
 
 pytestmark = pytest.mark.slow
 
-PARTITION = "mimic_iv-mortality"
-
-
-@pytest.fixture(scope="module")
-def experts_run(lineage_home):
-    from definitions import all_assets
-
-    result = materialize(
-        all_assets,
-        selection=AssetSelection.assets("expert_model", "expert_feature_ranking"),
-        partition_key=PARTITION,
-        resources=lineage_home["resources"],
-        instance=lineage_home["instance"],
-        run_config={
-            "ops": {
-                "expert_model": {
-                    "config": {
-                        "models": ["gru", "concare"],
-                        "max_epochs": 2,
-                        "bootstrap_resamples": 50,
-                        "val_auroc_floor": 0.0,
-                    }
-                },
-                "expert_feature_ranking": {"config": {"aggregation": "mean_rank", "top_k": 3}},
-            }
-        },
-        raise_on_error=False,
-    )
-    return result, lineage_home
+PARTITION = "mimic_iv-mortality"  # the partition the experts_run fixture trains
 
 
 def test_expert_model_logs_an_mlflow_run_and_registers_a_version(experts_run):

@@ -1,0 +1,81 @@
+"""base_language_model, llm_prompts and base_llm_predictions through dagster.materialize with a
+tiny random Qwen2 model built at test time (never the hub)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from dagster import AssetSelection, materialize
+
+pytestmark = pytest.mark.slow
+
+PARTITION = "mimic_iv-mortality"  # the partition the experts_run fixture ranks
+
+
+@pytest.fixture(scope="module")
+def reasoning_run(experts_run, tmp_path_factory):
+    from definitions import all_assets
+    from eagrl_pipeline.llm.tiny_model import build_tiny_qwen2
+    from resources import LanguageModel
+
+    _, lineage = experts_run
+    model_dir = build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2", seed=0)
+    resources = {**lineage["resources"], "llm": LanguageModel(path=str(model_dir))}
+    shared = materialize(
+        all_assets,
+        selection=AssetSelection.assets("base_language_model"),
+        resources=resources,
+        instance=lineage["instance"],
+    )
+    result = materialize(
+        all_assets,
+        selection=AssetSelection.assets("llm_prompts", "base_llm_predictions"),
+        partition_key=PARTITION,
+        resources=resources,
+        instance=lineage["instance"],
+        run_config={
+            "ops": {
+                "llm_prompts": {"config": {"max_tokens": 1500}},
+                "base_llm_predictions": {
+                    "config": {"max_patients_per_split": 4, "max_new_tokens": 12}
+                },
+            }
+        },
+    )
+    return shared, result, lineage["home"]
+
+
+def test_base_language_model_is_validated(reasoning_run):
+    shared, _, _ = reasoning_run
+    meta = shared.asset_materializations_for_node("base_language_model")[0].metadata
+    assert meta["architecture"].value == "Qwen2ForCausalLM"
+    assert meta["n_parameters"].value > 0
+    assert "<|im_start|>" in meta["chat_sample"].value
+
+
+def test_prompts_cover_every_patient_within_budget(reasoning_run):
+    _, result, home = reasoning_run
+    prompts = pd.read_parquet(home / "artifacts" / "llm_prompts" / PARTITION / "prompts.parquet")
+    visits = pd.read_parquet(home / "artifacts" / "cohort_dataset" / PARTITION / "visits.parquet")
+    assert set(prompts["patient_id"]) == set(visits["patient_id"])
+    assert set(prompts["split"]) == {"train", "val", "test"}
+    assert (prompts["n_tokens"] <= 1500).all() and prompts["fits_budget"].all()
+    assert prompts["truncated"].any()  # the tiny tokenizer makes the budget bite
+    assert prompts["user"].str.contains("Heart rate").any()
+    meta = result.asset_materializations_for_node("llm_prompts")[0].metadata
+    assert meta["tokens_max"].value <= 1500
+
+
+def test_base_predictions_are_parsed_and_scored(reasoning_run):
+    _, result, home = reasoning_run
+    predictions = pd.read_parquet(
+        home / "artifacts" / "base_llm_predictions" / PARTITION / "predictions.parquet"
+    )
+    assert len(predictions) == 8 and set(predictions["split"]) == {"val", "test"}
+    assert (predictions["n_new_tokens"] <= 12).all()
+    # A random tiny model writes no parseable answer: the minimum reward, counted as failures.
+    meta = result.asset_materializations_for_node("base_llm_predictions")[0].metadata
+    assert meta["parse_failure_rate"].value == pytest.approx(1 - predictions["valid"].mean())
+    invalid = predictions[~predictions["valid"]]
+    assert (invalid["reward"] == invalid["reward"].min()).all()
+    assert (invalid["errors"].str.len() > 0).all()
