@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from dagster import DagsterInstance
 
 from assets.partitions import COHORTS
@@ -40,7 +41,7 @@ def main() -> int:
     artifacts = Path(EAGRL_HOME) / "artifacts"
     print("\n== eagrl-pipeline: lineage materialized ==")
     header = ("partition", "train", "val", "test", "prev", "expert", "test AUROC", "test AUPRC")
-    print("{:<22}{:>7}{:>5}{:>6}{:>7}  {:<9}{:>17}{:>17}  checks".format(*header))
+    print("{:<22}{:>7}{:>5}{:>6}{:>7}  {:<9}{:>17}{:>17}  base LLM parsed  checks".format(*header))
     for partition in COHORTS:
         cohort = _read_json(artifacts / "cohort_dataset" / partition / "manifest.json")
         expert = _read_json(artifacts / "expert_model" / partition / "manifest.json")
@@ -61,11 +62,18 @@ def main() -> int:
             )
         else:
             line += f"{'-':<9}{'-':>17}{'-':>17}"
+        predictions = artifacts / "base_llm_predictions" / partition / "predictions.parquet"
+        if predictions.exists():
+            valid = pd.read_parquet(predictions, columns=["valid"])["valid"]
+            line += f"{f'{int(valid.sum())}/{len(valid)}':>17}"
+        else:
+            line += f"{'-':>17}"
         status = "FAILED: " + ", ".join(failed[partition]) if partition in failed else "passed"
         print(f"{line}  {status}")
     print(f"\nwarehouse (DuckDB):  {Path(EAGRL_HOME) / 'warehouse.duckdb'}")
     print(f"cohorts:             {artifacts / 'cohort_dataset'}/<partition>/")
     print(f"experts, rankings:   {artifacts}/expert_model|expert_feature_ranking/<partition>/")
+    print(f"prompts, base LLM:   {artifacts}/llm_prompts|base_llm_predictions/<partition>/")
     print(f"MLflow store:        {Path(EAGRL_HOME) / 'mlflow'}  (make mlflow opens the UI)")
     print(f"Dagster instance:    {instance.root_directory}  (make dev opens the UI)")
     print(f"wall time: {elapsed:.1f} s")
