@@ -47,10 +47,19 @@ shared_job = define_asset_job(
 partition_job = define_asset_job(
     "partition_lineage",
     selection=AssetSelection.groups("cohorts", "experts", "reasoning")
-    - AssetSelection.assets("base_language_model"),
+    - AssetSelection.assets("base_language_model", "mcts_trajectories"),
     partitions_def=cohort_partitions,
     description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
     "expert model and feature ranking, prompts and base-model predictions.",
+)
+
+trajectories_job = define_asset_job(
+    "stage1_trajectories",
+    selection=AssetSelection.assets("mcts_trajectories"),
+    partitions_def=cohort_partitions,
+    description="Expert-guided MCTS trajectory sets. Not in `make run` yet: the default "
+    "SmolLM2-135M writes no parseable answer, so its quality gates fail; configure a larger "
+    "model (EAGRL_MODEL_PATH) and run it from the UI.",
 )
 
 
@@ -79,6 +88,6 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[shared_job, partition_job],
+    jobs=[shared_job, partition_job, trajectories_job],
     resources=build_resources(EAGRL_HOME),
 )

@@ -1,8 +1,12 @@
 """Reasoning stage 1 data: the base language model, the patient prompts, the base model's
-zero-shot predictions (the "base" row of the reports) and, later, the MCTS trajectory sets."""
+zero-shot predictions (the "base" row of the reports) and the MCTS trajectory sets."""
 
+import numpy as np
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Config,
     MaterializeResult,
@@ -252,3 +256,215 @@ def base_llm_predictions(
         f"{metadata['parse_failure_rate']:.0%}, mean reward {metadata['mean_reward']:.3f}"
     )
     return MaterializeResult(metadata=metadata)
+
+
+class TrajectoriesConfig(Config):
+    max_patients: int | None = Field(
+        default=8,
+        description="Train patients searched (a seeded, label-stratified sample; empty: all). "
+        "CPU default; on a GPU search the whole train split.",
+    )
+    n_simulations: int = Field(default=4, description="MCTS simulations per patient.")
+    branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
+    max_depth: int = Field(default=2, description="Steps before the final block is forced.")
+    uct_c: float = Field(default=1.414, description="UCT exploration constant.")
+    top_k_trajectories: int = Field(default=2, description="Trajectories kept per patient.")
+    min_reward: float | None = Field(
+        default=None,
+        description="Quality threshold on the reward; empty: any parseable answer (above the "
+        "minimum reward of an unparseable one).",
+    )
+    target_per_class: int | None = Field(
+        default=None, description="Kept trajectories per class (empty: the smaller class's)."
+    )
+    batch_patients: int = Field(
+        default=8, description="Trees searched in lockstep; progress is saved per batch."
+    )
+    step_max_new_tokens: int = Field(default=64, description="Token cap of one step.")
+    rollout_max_new_tokens: int = Field(default=160, description="Token cap of a rollout.")
+    temperature: float = Field(default=0.8, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, description="Nucleus sampling.")
+    random_rollouts_per_patient: int = Field(
+        default=2, description="Plain rollouts per patient: the baseline the search must beat."
+    )
+    lam: float = Field(default=0.6, description="λ: weight of R_cls against R_att.")
+    beta: float = Field(default=0.5, description="β: margin bonus of R_cls.")
+    format_weight: float = Field(default=0.1, description="Weight of the format term.")
+    max_label_imbalance: float = Field(
+        default=0.2, description="Gate: |positives − negatives| / kept must not exceed this."
+    )
+    seed: int = Field(default=0, description="Seed of the sample, the search and sampling.")
+
+
+@asset(
+    partitions_def=cohort_partitions,
+    group_name="reasoning",
+    code_version="1",
+    kinds={"huggingface", "jsonl"},
+    deps=["llm_prompts", "expert_feature_ranking", "base_language_model"],
+    pool="gpu",
+    check_specs=[
+        AssetCheckSpec(
+            "trajectories_parse",
+            asset="mcts_trajectories",
+            blocking=True,
+            description="Every kept trajectory parses, and at least one was kept.",
+        ),
+        AssetCheckSpec(
+            "trajectories_balanced",
+            asset="mcts_trajectories",
+            blocking=True,
+            description="Positive and negative patients' trajectories within the allowed ratio.",
+        ),
+        AssetCheckSpec(
+            "search_beats_random_rollouts",
+            asset="mcts_trajectories",
+            description="Mean best reward of the search exceeds the mean of random rollouts.",
+        ),
+    ],
+)
+def mcts_trajectories(
+    context: AssetExecutionContext,
+    config: TrajectoriesConfig,
+    home: EagrlHome,
+    llm: LanguageModel,
+    compute: Compute,
+    warehouse: Warehouse,
+):
+    """Expert-guided MCTS over train patients: the best complete trajectories per patient,
+    scored with the EAG-RL reward against the expert's ranking, balanced by label (JSONL)."""
+    import hashlib
+    import json
+
+    from eagrl_pipeline.llm.generation import load_model
+    from eagrl_pipeline.mcts import (
+        MCTSConfig,
+        PatientTask,
+        random_rollouts,
+        run_search_resumable,
+        select_trajectories,
+    )
+    from eagrl_pipeline.mcts.hf_proposer import HFProposer, HFProposerConfig
+    from eagrl_pipeline.mcts.scoring import EagrlScorer
+
+    partition = context.partition_key
+    dataset, _ = split_partition(partition)
+    prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
+    train = sample_patients(prompts[prompts["split"] == "train"], config.max_patients, config.seed)
+    patients = [
+        PatientTask(
+            str(row.patient_id),
+            [{"role": "system", "content": row.system}, {"role": "user", "content": row.user}],
+        )
+        for row in train.itertuples()
+    ]
+    labels = {str(p): int(y) for p, y in zip(train["patient_id"], train["label"], strict=True)}
+    dictionary = feature_dictionary(warehouse, dataset)
+    scorer = EagrlScorer(
+        FeatureMatcher.build(
+            dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
+        ),
+        labels,
+        {str(k): v for k, v in expert_top_features(home, partition).items()},
+        RewardWeights(lam=config.lam, beta=config.beta, format_weight=config.format_weight),
+    )
+    device = compute.configure_torch()
+    model, tokenizer = load_model(
+        llm.model_dir(home.root), device, llm.dtype, llm.attn_implementation
+    )
+    proposer = HFProposer(
+        model,
+        tokenizer,
+        HFProposerConfig(
+            step_max_new_tokens=config.step_max_new_tokens,
+            rollout_max_new_tokens=config.rollout_max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        ),
+    )
+    search = MCTSConfig(
+        n_simulations=config.n_simulations,
+        branching=config.branching,
+        max_depth=config.max_depth,
+        uct_c=config.uct_c,
+        top_k_trajectories=config.top_k_trajectories,
+        seed=config.seed,
+    )
+    out_dir = home.artifact_dir("mcts_trajectories", partition)
+    # The checkpoint is keyed by the search settings, so a resumed run never mixes settings.
+    settings = json.dumps({**config.model_dump(), "model": str(llm.model_dir(home.root))})
+    checkpoint = out_dir / f"search-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.jsonl"
+    results = run_search_resumable(
+        patients, proposer, scorer, search, checkpoint_path=checkpoint,
+        batch_patients=config.batch_patients,
+    )  # fmt: skip
+    baseline = random_rollouts(
+        patients, proposer, scorer, config.random_rollouts_per_patient, config.seed + 1
+    )
+    floor = scorer.weights.min_reward + 1e-9 if config.min_reward is None else config.min_reward
+    kept = select_trajectories(
+        results,
+        labels,
+        top_k=config.top_k_trajectories,
+        min_reward=floor,
+        target_per_class=config.target_per_class,
+    )
+    for record in kept:
+        patient = train[train["patient_id"].astype(str) == record["patient_key"]].iloc[0]
+        record["system"], record["user"] = patient["system"], patient["user"]
+    target = out_dir / "trajectories.jsonl"
+    with atomic_path(target) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    best = [r.best_reward for r in results if r.best_reward is not None]
+    search_mean = float(np.mean(best)) if best else float("nan")
+    random_mean = float(np.mean(baseline)) if baseline else float("nan")
+    positives = sum(r["label"] for r in kept)
+    negatives = len(kept) - positives
+    imbalance = abs(positives - negatives) / len(kept) if kept else 1.0
+    unparsed = [
+        r["patient_key"] for r in kept if not parse_response(r["text"], scorer.matcher).is_valid
+    ]
+    counters = proposer.counters
+    yield MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(target)),
+            "patients_searched": len(results),
+            "trajectories_kept": len(kept),
+            "kept_positive": positives,
+            "kept_negative": negatives,
+            "search_mean_best_reward": search_mean,
+            "random_rollout_mean_reward": random_mean,
+            "valid_complete_responses": sum(sum(t.valid for t in r.trajectories) for r in results),
+            "tree_nodes_mean": float(np.mean([r.stats.nodes for r in results])),
+            "prefill_per_unique_prompt_token": counters.prefill_per_unique_prompt_token,
+            "generated_tokens": counters.generated_tokens,
+            "prefix_reuse": proposer.mode,
+            "device": device,
+        }
+    )
+    yield AssetCheckResult(
+        check_name="trajectories_parse",
+        passed=bool(kept) and not unparsed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "kept": len(kept),
+            "unparsed": len(unparsed),
+            "note": ""
+            if kept
+            else "no trajectory reached the quality threshold: the model "
+            "writes no parseable answer; use a larger base model (LanguageModel.path)",
+        },
+    )
+    yield AssetCheckResult(
+        check_name="trajectories_balanced",
+        passed=bool(kept) and imbalance <= config.max_label_imbalance,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"positives": positives, "negatives": negatives, "imbalance": imbalance},
+    )
+    yield AssetCheckResult(
+        check_name="search_beats_random_rollouts",
+        passed=bool(best) and search_mean > random_mean,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"search_mean_best_reward": search_mean, "random_mean_reward": random_mean},
+    )

@@ -42,11 +42,11 @@ def reasoning_run(experts_run, tmp_path_factory):
             }
         },
     )
-    return shared, result, lineage["home"]
+    return shared, result, lineage["home"], resources
 
 
 def test_base_language_model_is_validated(reasoning_run):
-    shared, _, _ = reasoning_run
+    shared, *_ = reasoning_run
     meta = shared.asset_materializations_for_node("base_language_model")[0].metadata
     assert meta["architecture"].value == "Qwen2ForCausalLM"
     assert meta["n_parameters"].value > 0
@@ -54,7 +54,7 @@ def test_base_language_model_is_validated(reasoning_run):
 
 
 def test_prompts_cover_every_patient_within_budget(reasoning_run):
-    _, result, home = reasoning_run
+    _, result, home, _ = reasoning_run
     prompts = pd.read_parquet(home / "artifacts" / "llm_prompts" / PARTITION / "prompts.parquet")
     visits = pd.read_parquet(home / "artifacts" / "cohort_dataset" / PARTITION / "visits.parquet")
     assert set(prompts["patient_id"]) == set(visits["patient_id"])
@@ -67,7 +67,7 @@ def test_prompts_cover_every_patient_within_budget(reasoning_run):
 
 
 def test_base_predictions_are_parsed_and_scored(reasoning_run):
-    _, result, home = reasoning_run
+    _, result, home, _ = reasoning_run
     predictions = pd.read_parquet(
         home / "artifacts" / "base_llm_predictions" / PARTITION / "predictions.parquet"
     )
@@ -79,3 +79,59 @@ def test_base_predictions_are_parsed_and_scored(reasoning_run):
     invalid = predictions[~predictions["valid"]]
     assert (invalid["reward"] == invalid["reward"].min()).all()
     assert (invalid["errors"].str.len() > 0).all()
+
+
+def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
+    from definitions import all_assets
+
+    _, lineage = experts_run
+    *_, home, resources = reasoning_run
+    config = {
+        "max_patients": 4,
+        "n_simulations": 2,
+        "branching": 2,
+        "max_depth": 1,
+        "step_max_new_tokens": 6,
+        "rollout_max_new_tokens": 10,
+        "batch_patients": 2,
+        "random_rollouts_per_patient": 1,
+    }
+
+    def run():
+        return materialize(
+            all_assets,
+            selection=AssetSelection.assets("mcts_trajectories"),
+            partition_key=PARTITION,
+            resources=resources,
+            instance=lineage["instance"],
+            run_config={"ops": {"mcts_trajectories": {"config": config}}},
+            raise_on_error=False,
+        )
+
+    first = run()
+    meta = first.asset_materializations_for_node("mcts_trajectories")[0].metadata
+    assert meta["patients_searched"].value == 4
+    assert meta["tree_nodes_mean"].value > 1
+    checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
+    assert set(checks) == {
+        "trajectories_parse",
+        "trajectories_balanced",
+        "search_beats_random_rollouts",
+    }
+    # A random tiny model writes nothing parseable: the gate must say so, blocking SFT.
+    assert meta["trajectories_kept"].value == 0
+    assert not checks["trajectories_parse"].passed
+    assert "larger base model" in checks["trajectories_parse"].metadata["note"].value
+    out = home / "artifacts" / "mcts_trajectories" / PARTITION
+    (checkpoint,) = out.glob("search-*.jsonl")
+    lines = checkpoint.read_text().splitlines()
+    assert len(lines) == 4
+
+    second = run()  # resumes: every patient is in the checkpoint, nothing is searched again
+    assert checkpoint.read_text().splitlines() == lines
+    assert (
+        second.asset_materializations_for_node("mcts_trajectories")[0]
+        .metadata["patients_searched"]
+        .value
+        == 4
+    )

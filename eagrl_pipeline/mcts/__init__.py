@@ -1,0 +1,41 @@
+"""Expert-guided MCTS for EAG-RL stage 1: the model-free search and a Hugging Face proposer."""
+
+from eagrl_pipeline.mcts.search import (
+    FINAL_PREFIX,
+    MCTSConfig,
+    NodeState,
+    PatientTask,
+    Proposer,
+    ScoredResponse,
+    Scorer,
+    SearchResult,
+    Trajectory,
+    TreeStats,
+    is_terminal,
+    load_checkpoint,
+    random_rollouts,
+    run_search,
+    run_search_resumable,
+    select_trajectories,
+    split_steps,
+)
+
+__all__ = [
+    "FINAL_PREFIX",
+    "MCTSConfig",
+    "NodeState",
+    "PatientTask",
+    "Proposer",
+    "ScoredResponse",
+    "Scorer",
+    "SearchResult",
+    "Trajectory",
+    "TreeStats",
+    "is_terminal",
+    "load_checkpoint",
+    "random_rollouts",
+    "run_search",
+    "run_search_resumable",
+    "select_trajectories",
+    "split_steps",
+]

@@ -1,0 +1,341 @@
+"""MCTS on a deterministic fake proposer (best path, depth, budget, lockstep, resume) and the
+Hugging Face proposer on a tiny random model (batched expand, stop strings, KV prefix reuse)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from eagrl_pipeline.mcts import (
+    FINAL_PREFIX,
+    MCTSConfig,
+    NodeState,
+    PatientTask,
+    ScoredResponse,
+    SearchResult,
+    Trajectory,
+    TreeStats,
+    load_checkpoint,
+    random_rollouts,
+    run_search,
+    run_search_resumable,
+    select_trajectories,
+    split_steps,
+)
+
+# ---- a fake policy whose best answer is known: steps A, B, then features "f1, f2" ----------
+
+
+def step(label: str) -> str:
+    return f"<Subquestion>{label}?</Subquestion><Answer>{label.lower()}</Answer>"
+
+
+def final(features: str, p: float = 0.5) -> str:
+    return (
+        f"{FINAL_PREFIX}risk?</Final subquestion>"
+        f"<Important Features>{features}</Important Features><Final answer>{p}</Final answer>"
+    )
+
+
+class FakeProposer:
+    """Candidates are labelled steps; randomness depends only on (seed, patient, node)."""
+
+    def __init__(self, fail_on: set[str] | None = None):
+        self.expand_calls: list[list[NodeState]] = []
+        self.rollout_calls: list[list[NodeState]] = []
+        self.fail_on = fail_on or set()
+
+    def _check(self, states: list[NodeState]) -> None:
+        if any(s.patient_key in self.fail_on for s in states):
+            raise RuntimeError("simulated crash")
+
+    def expand(self, states: list[NodeState], k: int, rng_seed: int) -> list[list[str]]:
+        self._check(states)
+        self.expand_calls.append(states)
+        out = []
+        for s in states:
+            if s.force_final:
+                out.append([final(f) for f in ["f3", "f1, f2", "f4", "f5"][:k]])
+            else:  # k-1 steps and one (poor) early final block
+                out.append([step(c) for c in "ABCDE"[: k - 1]] + [final("f9")])
+        return out
+
+    def rollout(self, states: list[NodeState], rng_seed: int) -> list[str]:
+        self._check(states)
+        self.rollout_calls.append(states)
+        out = []
+        for s in states:
+            rng = random.Random(f"{rng_seed}|{s.patient_key}|{s.steps_text}")
+            p = round(rng.random(), 2)
+            out.append(final("f3", p) if s.force_final else step("Z") + final("f3", p))
+        return out
+
+    def seen_keys(self) -> set[str]:
+        return {s.patient_key for call in self.expand_calls + self.rollout_calls for s in call}
+
+
+class FakeScorer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, patient_key: str, full_response_text: str) -> ScoredResponse:
+        self.calls += 1
+        labels = re.findall(r"<Subquestion>(\w+)\?", full_response_text)
+        feats = re.search(r"<Important Features>(.*?)</Important Features>", full_response_text)
+        prob = re.search(r"<Final answer>([\d.]+)</Final answer>", full_response_text)
+        parts = {
+            "first_a": 0.2 * (labels[:1] == ["A"]),
+            "then_b": 0.2 * (labels[:2] == ["A", "B"]),
+            "features": 0.5 * (labels == ["A", "B"] and bool(feats) and feats[1] == "f1, f2"),
+            "noise": 0.01 * float(prob[1]) if prob else 0.0,
+        }
+        return ScoredResponse(sum(parts.values()), parts, valid=prob is not None)
+
+
+BEST = step("A") + step("B") + final("f1, f2")
+PATIENTS = [PatientTask(f"p{i}", f"prompt {i}") for i in range(6)]
+
+
+def test_split_steps() -> None:
+    steps, fin = split_steps(" " + step("A") + "\n" + step("B") + final("x"))
+    assert steps == [step("A"), step("B")] and fin == final("x")
+    assert split_steps(step("A")) == ([step("A")], "")
+
+
+def test_finds_known_best_path_and_respects_depth_and_budget() -> None:
+    config = MCTSConfig(n_simulations=30, branching=3, max_depth=2, top_k_trajectories=3)
+    proposer, scorer = FakeProposer(), FakeScorer()
+    [result] = run_search(PATIENTS[:1], proposer, scorer, config)
+    best = result.trajectories[0]
+    assert best.text == BEST and best.steps == [step("A"), step("B")] and best.depth == 2
+    assert result.best_reward == pytest.approx(0.905) and best.parts["features"] == 0.5
+    assert all(t.depth <= config.max_depth for t in result.trajectories)
+    stats = result.stats
+    assert stats.simulations == config.n_simulations
+    assert stats.max_depth_reached <= config.max_depth
+    assert scorer.calls == stats.scorer_calls <= config.n_simulations * config.rollouts_per_leaf
+    assert stats.rollout_requests == sum(len(c) for c in proposer.rollout_calls)
+    assert stats.expand_requests == sum(len(c) for c in proposer.expand_calls)
+    assert stats.expand_requests + stats.rollout_requests <= 2 * config.n_simulations
+    assert all(s.depth <= config.max_depth for c in proposer.expand_calls for s in c)
+    assert all(
+        s.force_final == (s.depth == config.max_depth) for c in proposer.expand_calls for s in c
+    )
+
+
+def test_too_few_simulations_cannot_reach_depth() -> None:
+    config = MCTSConfig(n_simulations=2, branching=3, max_depth=2, rollouts_per_leaf=2)
+    [result] = run_search(PATIENTS[:1], FakeProposer(), FakeScorer(), config)
+    assert result.stats.max_depth_reached <= 1 and result.best_reward < 0.9
+    assert result.stats.rollout_requests <= 2 * 2
+
+
+def test_lockstep_one_call_per_wave_and_determinism() -> None:
+    config = MCTSConfig(n_simulations=12, branching=3, max_depth=2, seed=3)
+    proposer = FakeProposer()
+    results = run_search(PATIENTS[:4], proposer, FakeScorer(), config)
+    assert len(proposer.expand_calls) <= config.n_simulations
+    assert len(proposer.rollout_calls) <= config.n_simulations
+    assert max(len(c) for c in proposer.expand_calls) == 4  # all trees share a wave's call
+    assert max(len(c) for c in proposer.rollout_calls) == 4
+    assert [r.patient_key for r in results] == ["p0", "p1", "p2", "p3"]
+    again = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(), config)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
+    other = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(), MCTSConfig(12, 3, 2, seed=4))
+    assert [r.to_dict() for r in other] != [r.to_dict() for r in results]
+
+
+def test_resume_skips_finished_patients_and_matches_uninterrupted(tmp_path: Path) -> None:
+    config = MCTSConfig(n_simulations=8, branching=3, max_depth=2)
+    reference = run_search_resumable(
+        PATIENTS,
+        FakeProposer(),
+        FakeScorer(),
+        config,
+        checkpoint_path=tmp_path / "ref.jsonl",
+        batch_patients=2,
+    )
+    path = tmp_path / "run.jsonl"
+    with pytest.raises(RuntimeError, match="simulated crash"):  # dies in the third chunk
+        run_search_resumable(
+            PATIENTS,
+            FakeProposer(fail_on={"p4"}),
+            FakeScorer(),
+            config,
+            checkpoint_path=path,
+            batch_patients=2,
+        )
+    assert sorted(load_checkpoint(path)) == ["p0", "p1", "p2", "p3"]
+    proposer = FakeProposer()
+    resumed = run_search_resumable(
+        PATIENTS, proposer, FakeScorer(), config, checkpoint_path=path, batch_patients=2
+    )
+    assert proposer.seen_keys() == {"p4", "p5"}
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in reference]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(line) for line in lines)
+
+
+def test_truncated_last_line_is_ignored(tmp_path: Path) -> None:
+    config = MCTSConfig(n_simulations=4, branching=2, max_depth=1)
+    path = tmp_path / "ckpt.jsonl"
+    run_search_resumable(PATIENTS[:2], FakeProposer(), FakeScorer(), config, checkpoint_path=path)
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:40])  # a crash mid-write
+    assert sorted(load_checkpoint(path)) == ["p0", "p1"]
+    proposer = FakeProposer()
+    results = run_search_resumable(
+        PATIENTS[:3], proposer, FakeScorer(), config, checkpoint_path=path
+    )
+    assert proposer.seen_keys() == {"p2"} and len(results) == 3
+    assert [json.loads(x)["patient_key"] for x in path.read_text().splitlines()] == [
+        "p0",
+        "p1",
+        "p2",
+    ]
+
+
+def _result(key: str, rewards: list[float], valid: bool = True) -> SearchResult:
+    trajs = [Trajectory(f"{key}-{r}", [], "", r, {"r": r}, valid, 1, "rollout") for r in rewards]
+    stats = TreeStats(1, 1, 1, 1, 1, 1, len(trajs), None, None)
+    return SearchResult(key, trajs, max(rewards, default=None), stats)
+
+
+def test_select_trajectories_top_k_threshold_and_balance() -> None:
+    results = [
+        _result("pos1", [0.9, 0.8, 0.1]),
+        _result("pos2", [0.7, 0.6]),
+        _result("pos3", [0.95], valid=False),
+        _result("neg1", [0.5, 0.4]),
+        _result("neg2", [0.05]),
+    ]
+    labels = {"pos1": 1, "pos2": 1, "pos3": 1, "neg1": 0, "neg2": 0}
+    records = select_trajectories(results, labels, top_k=2, min_reward=0.3)
+    assert [(r["patient_key"], r["reward"]) for r in records] == [
+        ("pos1", 0.9),
+        ("pos2", 0.7),
+        ("neg1", 0.5),
+        ("neg1", 0.4),
+    ]  # positives capped at 2 by rank: each patient's best first
+    assert json.loads(json.dumps(records)) == records
+    capped = select_trajectories(results, labels, top_k=2, min_reward=0.3, target_per_class=3)
+    assert sum(r["label"] for r in capped) == 3 and len(capped) == 5
+
+
+def test_random_rollouts_baseline_is_beaten() -> None:
+    config = MCTSConfig(n_simulations=20, branching=3, max_depth=2, top_k_trajectories=2)
+    results = run_search(PATIENTS[:3], FakeProposer(), FakeScorer(), config)
+    baseline = random_rollouts(PATIENTS[:3], FakeProposer(), FakeScorer(), 4, seed=0)
+    kept = [t.reward for r in results for t in r.trajectories]
+    assert len(baseline) == 12 and sum(kept) / len(kept) > sum(baseline) / len(baseline)
+
+
+# ---- the Hugging Face proposer on a tiny random model --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    from eagrl_pipeline.llm import build_tiny_qwen2, load_model
+
+    path = build_tiny_qwen2(tmp_path_factory.mktemp("tiny_mcts"))
+    return load_model(path, device="cpu", dtype="fp32")
+
+
+def _prompt(i: int) -> str:
+    return f"Patient {i}: " + " ".join(
+        f"- Lymphocyte count (Unit: 10^9/L. Reference range: 1.1-3.2): [0.{i}{j}, NaN]"
+        for j in range(4 + i)
+    )
+
+
+def _proposer(tiny, **kwargs):
+    from eagrl_pipeline.mcts.hf_proposer import HFProposer, HFProposerConfig
+
+    model, tokenizer = tiny
+    return HFProposer(model, tokenizer, HFProposerConfig(**kwargs))
+
+
+@pytest.fixture
+def answer_bias(tiny):
+    """Make the random model emit ``</Answer>`` often, so stop strings actually fire."""
+    model, tokenizer = tiny
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tokenizer.convert_tokens_to_ids("</Answer>")] = 4.0
+    handle = model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+    yield
+    handle.remove()
+
+
+def test_hf_expand_batches_cuts_at_stop_and_forces_final(tiny, answer_bias) -> None:
+    proposer = _proposer(tiny, step_max_new_tokens=24, max_batch_rows=64)
+    states = [
+        NodeState("a", _prompt(1), ""),
+        NodeState("b", _prompt(2), step("A")),
+        NodeState("c", _prompt(3), step("A"), force_final=True, depth=1),
+    ]
+    out = proposer.expand(states, 4, rng_seed=0)
+    assert proposer.counters.generate_calls == 1 and [len(c) for c in out] == [4, 4, 4]
+    free = [c for cands in out[:2] for c in cands]
+    assert all(c.endswith("</Answer>") == ("</Answer>" in c) for c in free)  # cut at the stop
+    assert any(c.endswith("</Answer>") for c in free)
+    assert all(c.startswith(FINAL_PREFIX) for c in out[2])
+    assert any("</Answer>" in c and not c.endswith("</Answer>") for c in out[2])  # not cut there
+
+
+def test_hf_prefix_cache_matches_plain_generation(tiny) -> None:
+    states = [NodeState(k, _prompt(i), "") for i, k in enumerate("abc")]
+    forced = [NodeState("a", _prompt(0), step("A"), force_final=True, depth=1)]
+    outputs = {}
+    for mode in ("off", "prompt", "nodes"):
+        proposer = _proposer(
+            tiny, prefix_cache=mode, rollout_do_sample=False, rollout_max_new_tokens=16
+        )
+        outputs[mode] = (
+            proposer.rollout(states, 0),
+            proposer.rollout(forced, 0),
+            proposer.expand(states, 2, 5),
+        )
+        assert proposer.reuse_blocked is None
+    assert outputs["off"] == outputs["prompt"] == outputs["nodes"]
+    assert all(t.startswith(FINAL_PREFIX) for t in outputs["off"][1])
+
+
+def test_hf_node_cache_holds_the_right_kv(tiny) -> None:
+    model, _ = tiny
+    proposer = _proposer(tiny, step_max_new_tokens=12)
+    root = NodeState("a", _prompt(2), "")
+    [cands] = proposer.expand([root], 3, rng_seed=1)
+    entries = proposer._node_entries["a"]
+    assert entries and all(cands[i].startswith(e.response_prefix) for i, e in enumerate(entries))
+    for entry in entries:
+        fresh = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([entry.tokens]), cache=fresh, use_cache=True)
+        for (k, v), layer in zip(entry.kv(), fresh.layers, strict=True):
+            torch.testing.assert_close(k, layer.keys[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(v, layer.values[0], atol=1e-4, rtol=1e-4)
+    child = NodeState("a", root.prompt, cands[0], depth=1)
+    before = proposer.counters.prefill_tokens
+    proposer.rollout([child], 0)
+    # only the uncached tail is read: the last token, or a few where a token straddled the cut
+    assert proposer.counters.prefill_tokens - before <= 4
+
+
+def test_hf_search_prefill_per_unique_prompt_token(tiny) -> None:
+    proposer = _proposer(tiny, step_max_new_tokens=12, rollout_max_new_tokens=24)
+    patients = [PatientTask(f"p{i}", _prompt(i)) for i in range(3)]
+    config = MCTSConfig(n_simulations=6, branching=2, max_depth=2)
+    results = run_search(patients, proposer, FakeScorer(), config)
+    c = proposer.counters
+    assert len(results) == 3 and all(r.stats.simulations == 6 for r in results)
+    assert c.generate_calls <= 2 * config.n_simulations
+    assert c.prefill_per_unique_prompt_token <= 1.5, c
+    assert not proposer._node_entries and not proposer._prompt_entries  # released at the end
+    plain = _proposer(tiny, prefix_cache="off", step_max_new_tokens=12, rollout_max_new_tokens=24)
+    run_search(patients, plain, FakeScorer(), config)
+    assert plain.counters.prefill_per_unique_prompt_token > 3 * c.prefill_per_unique_prompt_token
