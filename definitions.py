@@ -18,6 +18,13 @@ from dagster import (  # noqa: E402
 
 from assets import cohorts, experts, raw, reasoning, warehouse  # noqa: E402
 from assets.partitions import cohort_partitions  # noqa: E402
+from orchestration import (  # noqa: E402
+    build_fan_out_sensor,
+    full_lineage_job,
+    raw_input_changed,
+    retrain_job,
+    retrain_schedule,
+)
 from resources import (  # noqa: E402
     DBT_PROJECT,
     Compute,
@@ -88,6 +95,8 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[shared_job, partition_job, trajectories_job],
+    jobs=[shared_job, partition_job, trajectories_job, full_lineage_job, retrain_job],
+    schedules=[retrain_schedule],
+    sensors=[raw_input_changed, build_fan_out_sensor(partition_job)],
     resources=build_resources(EAGRL_HOME),
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import sys
+from functools import cached_property
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
+from packaging import version
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 
@@ -20,8 +23,18 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
+class OfflineDbtCliResource(DbtCliResource):
+    """dagster-dbt learns dbt's version by running `dbt --version`, which also asks PyPI for the
+    latest release; patient-data machines must make no outside connection, so read the
+    installed dbt-core's version instead."""
+
+    @cached_property
+    def _cli_version(self) -> version.Version:
+        return version.parse(importlib.metadata.version("dbt-core"))
+
+
 def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(
+    return OfflineDbtCliResource(
         project_dir=DBT_PROJECT, profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=dbt_executable()
     )
 

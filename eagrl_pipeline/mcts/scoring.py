@@ -4,7 +4,7 @@ the expert's top-k features (the expert guidance of the search)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eagrl_pipeline.mcts.search import ScoredResponse
 from eagrl_pipeline.prompts import FeatureMatcher, parse_response
@@ -27,7 +27,7 @@ class EagrlScorer:
     matcher: FeatureMatcher
     labels: Mapping[str, int]
     expert_top_k: Mapping[str, Sequence[str]]
-    weights: RewardWeights = RewardWeights()
+    weights: RewardWeights = field(default_factory=RewardWeights)
 
     def score(self, patient_key: str, full_response_text: str) -> ScoredResponse:
         parsed = parse_response(full_response_text, self.matcher)
