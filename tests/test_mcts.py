@@ -294,8 +294,9 @@ def test_hf_prefix_cache_matches_plain_generation(tiny) -> None:
     outputs = {}
     for mode in ("off", "prompt", "nodes"):
         proposer = _proposer(
-            tiny, prefix_cache=mode, rollout_do_sample=False, rollout_max_new_tokens=16
-        )
+            tiny, prefix_cache=mode, rollout_do_sample=False, rollout_max_new_tokens=12,
+            step_max_new_tokens=8,
+        )  # fmt: skip
         outputs[mode] = (
             proposer.rollout(states, 0),
             proposer.rollout(forced, 0),
@@ -308,7 +309,7 @@ def test_hf_prefix_cache_matches_plain_generation(tiny) -> None:
 
 def test_hf_node_cache_holds_the_right_kv(tiny) -> None:
     model, _ = tiny
-    proposer = _proposer(tiny, step_max_new_tokens=12)
+    proposer = _proposer(tiny, step_max_new_tokens=12, rollout_max_new_tokens=4)
     root = NodeState("a", _prompt(2), "")
     [cands] = proposer.expand([root], 3, rng_seed=1)
     entries = proposer._node_entries["a"]
@@ -327,15 +328,15 @@ def test_hf_node_cache_holds_the_right_kv(tiny) -> None:
 
 
 def test_hf_search_prefill_per_unique_prompt_token(tiny) -> None:
-    proposer = _proposer(tiny, step_max_new_tokens=12, rollout_max_new_tokens=24)
+    proposer = _proposer(tiny, step_max_new_tokens=10, rollout_max_new_tokens=16)
     patients = [PatientTask(f"p{i}", _prompt(i)) for i in range(3)]
-    config = MCTSConfig(n_simulations=6, branching=2, max_depth=2)
+    config = MCTSConfig(n_simulations=4, branching=2, max_depth=2)
     results = run_search(patients, proposer, FakeScorer(), config)
     c = proposer.counters
-    assert len(results) == 3 and all(r.stats.simulations == 6 for r in results)
+    assert len(results) == 3 and all(r.stats.simulations == 4 for r in results)
     assert c.generate_calls <= 2 * config.n_simulations
     assert c.prefill_per_unique_prompt_token <= 1.5, c
     assert not proposer._node_entries and not proposer._prompt_entries  # released at the end
-    plain = _proposer(tiny, prefix_cache="off", step_max_new_tokens=12, rollout_max_new_tokens=24)
+    plain = _proposer(tiny, prefix_cache="off", step_max_new_tokens=10, rollout_max_new_tokens=16)
     run_search(patients, plain, FakeScorer(), config)
     assert plain.counters.prefill_per_unique_prompt_token > 3 * c.prefill_per_unique_prompt_token

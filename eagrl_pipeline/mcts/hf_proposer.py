@@ -176,7 +176,9 @@ class HFProposer:
             text = render_prompts(self.tokenizer, [state.prompt], self.config.use_chat_template)[0]
             cached = (state.prompt, text)
             self._rendered[state.patient_key] = cached
-            self._prompt_entries.pop(state.patient_key, None)
+            self._prompt_entries.pop(state.patient_key, None)  # a new prompt: old KV is stale
+            for entry in self._node_entries.pop(state.patient_key, []):
+                self._cached_bytes -= entry.nbytes()
         return cached[1]
 
     def _encode(self, text: str) -> list[int]:
