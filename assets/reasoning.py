@@ -47,6 +47,14 @@ def feature_dictionary(warehouse: Warehouse, dataset: str) -> pd.DataFrame:
     )
 
 
+def feature_matcher(warehouse: Warehouse, dataset: str) -> FeatureMatcher:
+    """Matches the feature names a model writes to the dataset's dictionary (with aliases)."""
+    dictionary = feature_dictionary(warehouse, dataset)
+    return FeatureMatcher.build(
+        dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
+    )
+
+
 class PromptsConfig(Config):
     max_visits: int | None = Field(default=None, description="Show each patient's last N visits.")
     feature_filter: str = Field(
@@ -201,10 +209,7 @@ def base_llm_predictions(
         seed=config.seed,
         batch_size=config.batch_size,
     )
-    dictionary = feature_dictionary(warehouse, dataset)
-    matcher = FeatureMatcher.build(
-        dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
-    )
+    matcher = feature_matcher(warehouse, dataset)
     expert_top = expert_top_features(home, partition)
     weights = RewardWeights()
     rows = []
@@ -359,11 +364,8 @@ def mcts_trajectories(
         for row in train.itertuples()
     ]
     labels = {str(p): int(y) for p, y in zip(train["patient_id"], train["label"], strict=True)}
-    dictionary = feature_dictionary(warehouse, dataset)
     scorer = EagrlScorer(
-        FeatureMatcher.build(
-            dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
-        ),
+        feature_matcher(warehouse, dataset),
         labels,
         {str(k): v for k, v in expert_top_features(home, partition).items()},
         RewardWeights(lam=config.lam, beta=config.beta, format_weight=config.format_weight),
