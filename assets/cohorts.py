@@ -1,7 +1,6 @@
 """Cohorts per dataset-task partition: split, imputed and normalised arrays, with Great
 Expectations suites as blocking checks so no later stage trains on a bad cohort."""
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -161,8 +160,3 @@ def cohort_dataset(
             "failures": MetadataValue.json([o.__dict__ for o in validation.failures()]),
         },
     )
-
-
-def read_cohort_visits(home: EagrlHome, partition: str) -> pd.DataFrame:
-    """The cohort's visits with raw values and split (what the prompts will print)."""
-    return pd.read_parquet(home.artifact_dir("cohort_dataset", partition) / "visits.parquet")
