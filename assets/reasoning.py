@@ -184,7 +184,7 @@ def base_llm_predictions(
 ):
     """Zero-shot answers of the base model on validation and test prompts (batched greedy
     generation), parsed and scored with the EAG-RL reward parts."""
-    from eagrl_pipeline.llm.generation import generate_batch, load_model
+    from eagrl_pipeline.llm.generation import generate_batch
 
     partition = context.partition_key
     dataset, _ = split_partition(partition)
@@ -193,9 +193,7 @@ def base_llm_predictions(
         prompts[prompts["split"].isin(config.splits)], config.max_patients_per_split, config.seed
     )
     device = compute.configure_torch()
-    model, tokenizer = load_model(
-        llm.model_dir(home.root), device, llm.dtype, llm.attn_implementation
-    )
+    model, tokenizer = llm.load(home.root, device)
     messages = [
         [{"role": "system", "content": s}, {"role": "user", "content": u}]
         for s, u in zip(prompts["system"], prompts["user"], strict=True)
@@ -341,7 +339,6 @@ def mcts_trajectories(
     import hashlib
     import json
 
-    from eagrl_pipeline.llm.generation import load_model
     from eagrl_pipeline.mcts import (
         MCTSConfig,
         PatientTask,
@@ -371,9 +368,7 @@ def mcts_trajectories(
         RewardWeights(lam=config.lam, beta=config.beta, format_weight=config.format_weight),
     )
     device = compute.configure_torch()
-    model, tokenizer = load_model(
-        llm.model_dir(home.root), device, llm.dtype, llm.attn_implementation
-    )
+    model, tokenizer = llm.load(home.root, device)
     proposer = HFProposer(
         model,
         tokenizer,
@@ -411,9 +406,10 @@ def mcts_trajectories(
         min_reward=floor,
         target_per_class=config.target_per_class,
     )
+    messages = {task.key: task.prompt for task in patients}
     for record in kept:
-        patient = train[train["patient_id"].astype(str) == record["patient_key"]].iloc[0]
-        record["system"], record["user"] = patient["system"], patient["user"]
+        system, user = messages[record["patient_key"]]
+        record["system"], record["user"] = system["content"], user["content"]
     target = out_dir / "trajectories.jsonl"
     with atomic_path(target) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))

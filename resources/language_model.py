@@ -32,3 +32,9 @@ class LanguageModel(ConfigurableResource):
         from eagrl_pipeline.llm.base_model import ensure_default_model
 
         return ensure_default_model(home / "models")
+
+    def load(self, home: Path, device: str):
+        """(model, tokenizer) ready for batched generation on ``device``."""
+        from eagrl_pipeline.llm.generation import load_model
+
+        return load_model(self.model_dir(home), device, self.dtype, self.attn_implementation)
