@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessorList,
+)
+
+from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
 
 Conversation = list[dict[str, str]]
 DTypeName = Literal["auto", "bf16", "fp32"]
@@ -116,12 +123,15 @@ def generate_batch(
     seed: int = 0,
     batch_size: int = 8,
     use_chat_template: bool = True,
+    scaffold: ResponseScaffold | None = None,
+    scaffold_steps: int = 1,
 ) -> list[GenerationResult]:
     """Generate one completion per prompt, in the prompts' order.
 
     Prompts are grouped by length to waste little compute on padding. Sampling knobs are all
     explicit (``top_k=0`` means off) so a model's own ``generation_config`` defaults, such as
-    Qwen's top_k=20 or repetition penalty, never change results silently.
+    Qwen's top_k=20 or repetition penalty, never change results silently. With a ``scaffold``
+    the response tags are forced (``scaffold_steps`` steps, then the final block).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")
@@ -152,7 +162,12 @@ def generate_batch(
         ).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + b)
-            output = model.generate(**batch, generation_config=config)
+            guide = LogitsProcessorList(
+                [scaffold.processor([RowPlan("answer", scaffold_steps)] * len(rows))]
+                if scaffold is not None
+                else []
+            )
+            output = model.generate(**batch, generation_config=config, logits_processor=guide)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         for i, tokens in zip(rows, new_tokens, strict=True):
             stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)

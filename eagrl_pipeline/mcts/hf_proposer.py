@@ -12,13 +12,14 @@ computes what it would alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from transformers import (
     DynamicCache,
     GenerationConfig,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
     StopStringCriteria,
@@ -26,6 +27,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from eagrl_pipeline.llm.generation import render_prompts
+from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
 STEP_STOPS = ("</Answer>",)
@@ -49,6 +51,9 @@ class HFProposerConfig:
     max_batch_rows: int = 64
     prefill_batch_size: int = 8
     use_chat_template: bool = True
+    guided: bool = False  # force the response tags (see eagrl_pipeline.llm.guided)
+    rollout_steps: int = 0  # guided rollouts: steps written before the final block
+    scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
 
 
 @dataclass
@@ -136,6 +141,9 @@ class HFProposer:
         self._end_ids = self.eos_ids | {self.pad_id}
         self._step_stop = StopStringCriteria(tokenizer, list(STEP_STOPS + FINAL_STOPS))
         self._final_stop = StopStringCriteria(tokenizer, list(FINAL_STOPS))
+        self.scaffold = (
+            ResponseScaffold(tokenizer, self.config.scaffold) if self.config.guided else None
+        )
         self._rendered: dict[str, tuple[Any, str]] = {}
         self._seen_prompts: set[str] = set()
         self._prompt_entries: dict[str, _Entry] = {}
@@ -239,6 +247,21 @@ class HFProposer:
             pad_token_id=self.pad_id,
         )
 
+    def _guide(self, states: Sequence[NodeState], n: int, rollout: bool) -> LogitsProcessorList:
+        """The scaffold's per-row plans: one step per expansion, a finished answer per rollout."""
+        if self.scaffold is None:
+            return LogitsProcessorList()
+        plans = []
+        for s in states:
+            if s.force_final:
+                plan = RowPlan("finish")
+            elif rollout:
+                plan = RowPlan("answer", self.config.rollout_steps, bool(s.steps_text))
+            else:
+                plan = RowPlan("step", after_text=bool(s.steps_text))
+            plans += [plan] * n
+        return LogitsProcessorList([self.scaffold.processor(plans)])
+
     def _stops(self, states: Sequence[NodeState], n: int, rollout: bool) -> StoppingCriteriaList:
         final_rows = torch.tensor([rollout or s.force_final for s in states for _ in range(n)])
         return StoppingCriteriaList([_RowStops(self._step_stop, self._final_stop, final_rows)])
@@ -267,6 +290,7 @@ class HFProposer:
             attention_mask=mask.to(self.device),
             generation_config=self._gen_config(max_new, do_sample),
             stopping_criteria=self._stops(states, n, rollout),
+            logits_processor=self._guide(states, n, rollout),
         )
         self.counters.generate_calls += 1
         texts = []
@@ -422,6 +446,7 @@ class HFProposer:
             cache=cache,
             generation_config=self._gen_config(max_new, do_sample),
             stopping_criteria=self._stops(states, n, rollout),
+            logits_processor=self._guide(states, n, rollout),
         )
         self.counters.generate_calls += 1
         fed = cache.get_seq_length() - total  # generated tokens whose KV is in the cache
