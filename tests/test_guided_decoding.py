@@ -98,9 +98,14 @@ def test_words_are_sampled_not_forced(tiny) -> None:
     scaffold = ResponseScaffold(tokenizer)
     texts = {
         generate_batch(
-            model, tokenizer, ["Patient: predict."], max_new_tokens=200, do_sample=True,
-            seed=seed, scaffold=scaffold,
-        )[0].text  # fmt: skip
+            model,
+            tokenizer,
+            ["Patient: predict."],
+            max_new_tokens=200,
+            do_sample=True,
+            seed=seed,
+            scaffold=scaffold,
+        )[0].text
         for seed in range(4)
     }
     assert len(texts) > 1
@@ -110,9 +115,7 @@ def test_guided_proposer_expands_one_step_and_finishes(tiny) -> None:
     from eagrl_pipeline.mcts.hf_proposer import HFProposer, HFProposerConfig
 
     model, tokenizer = tiny
-    proposer = HFProposer(
-        model, tokenizer, HFProposerConfig(guided=True, step_max_new_tokens=200)
-    )
+    proposer = HFProposer(model, tokenizer, HFProposerConfig(guided=True, step_max_new_tokens=200))
     prompt = "Patient 1: Lymphocyte count [0.5, NaN]. Predict."
     root = NodeState("p1", prompt, "")
     steps = proposer.expand([root], 3, rng_seed=0)[0]
