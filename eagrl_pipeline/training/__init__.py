@@ -1,0 +1,1 @@
+"""Policy training: SFT on distilled trajectories, then GRPO with the EAG-RL rewards."""

@@ -1,0 +1,367 @@
+"""Entropy-aware adaptive upper clip for GRPO (DESIGN §1).
+
+Per completion, the mean token entropy over the content of its ``<Important Features>`` span is
+min-max normalised within the batch and mapped to that completion's upper clip ``ε_high`` in
+``[eps_high_min, eps_high_max]`` (default ``[0.2, 0.4]``); the lower clip stays fixed. Informative,
+uncertain trajectories thus get larger policy updates. trl's ``epsilon_high`` is one float, so
+:class:`AdaptiveClipGRPOTrainer` makes it a ``[B, 1]`` tensor for the duration of one loss call
+and leaves the rest of trl's loss (loss-type normalisation, importance-sampling level, KL, masks,
+metrics) untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+log = logging.getLogger(__name__)
+
+# trl loss types whose per-token objective is the PPO-style two-sided clip 1 ± ε; the others
+# (cispo, sapo, vespo) use epsilon_high differently or not at all.
+CLIPPED_LOSS_TYPES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "luspo"})
+
+
+@dataclass(frozen=True)
+class AdaptiveClipConfig:
+    """Bounds of the adaptive clip and the tags that delimit the important-feature span.
+
+    >>> AdaptiveClipConfig().eps_high_max
+    0.4
+    >>> AdaptiveClipConfig(eps_high_min=0.5, eps_high_max=0.3)
+    Traceback (most recent call last):
+    ...
+    ValueError: eps_high_min (0.5) must be <= eps_high_max (0.3)
+    """
+
+    enabled: bool = True
+    eps_low: float = 0.2
+    eps_high_min: float = 0.2
+    eps_high_max: float = 0.4
+    span_open: str = "<Important Features>"
+    span_close: str = "</Important Features>"
+
+    def __post_init__(self) -> None:
+        for name in ("eps_low", "eps_high_min", "eps_high_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.eps_low >= 1:
+            raise ValueError(f"eps_low ({self.eps_low}) must be < 1: the lower clip is 1 - eps_low")
+        if self.eps_high_min > self.eps_high_max:
+            raise ValueError(
+                f"eps_high_min ({self.eps_high_min}) must be <= eps_high_max ({self.eps_high_max})"
+            )
+        if not self.span_open or not self.span_close:
+            raise ValueError("span_open and span_close must be non-empty strings")
+        if self.span_open == self.span_close:
+            raise ValueError(f"span_open and span_close must differ, both are {self.span_open!r}")
+
+
+def entropy_to_epsilon(
+    mean_entropy: torch.Tensor, valid: torch.Tensor, eps_min: float, eps_max: float
+) -> torch.Tensor:
+    """Map per-completion span entropies to upper clips, min-max within the batch.
+
+    Only ``valid`` completions (those with a span and a finite entropy) take part in the min-max;
+    the lowest gets ``eps_min``, the highest ``eps_max``. Completions without a span, and every
+    completion of a batch whose valid entropies are all equal (up to float precision, relative to
+    the largest), get ``eps_min``: with no span there is nothing informative to reward, and with
+    no spread there is no evidence to rank on, so both fall back to the conservative static clip
+    rather than enlarging an update blindly (the midpoint would do exactly that). The result is
+    detached: the clip is a bound, not something to differentiate.
+
+    >>> h = torch.tensor([0.5, 1.5, 1.0, 9.0])
+    >>> entropy_to_epsilon(h, torch.tensor([True, True, True, False]), 0.2, 0.4)
+    tensor([0.2000, 0.4000, 0.3000, 0.2000])
+    >>> entropy_to_epsilon(torch.tensor([0.7, 0.7]), torch.tensor([True, True]), 0.2, 0.4)
+    tensor([0.2000, 0.2000])
+    """
+    if eps_min > eps_max:
+        raise ValueError(f"eps_min ({eps_min}) must be <= eps_max ({eps_max})")
+    if mean_entropy.shape != valid.shape or mean_entropy.dim() != 1:
+        raise ValueError(
+            f"mean_entropy and valid must be 1-D of one shape, got {tuple(mean_entropy.shape)} "
+            f"and {tuple(valid.shape)}"
+        )
+    h = mean_entropy.detach()
+    if not h.is_floating_point():
+        h = h.float()
+    valid = valid.bool() & torch.isfinite(h)
+    eps = torch.full_like(h, eps_min)
+    if not valid.any():
+        return eps
+    lo, hi = h[valid].min(), h[valid].max()
+    spread = hi - lo
+    # Relative tolerance: entropies equal up to float noise count as equal (no evidence to rank).
+    if spread <= torch.finfo(h.dtype).eps * torch.clamp(hi.abs(), min=1.0):
+        return eps
+    scaled = eps_min + (eps_max - eps_min) * (h - lo) / spread
+    return torch.where(valid, scaled.clamp(eps_min, eps_max), eps)
+
+
+def _token_char_spans(ids: Sequence[int], tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
+    """Decode ``ids`` incrementally; return the text and each token's ``[start, end)`` in it.
+
+    Uses the streaming detokenisation scheme of vLLM/TGI: each token is decoded together with the
+    previous token(s), so SentencePiece's leading-space handling and byte-level BPE's multi-byte
+    characters split across tokens come out right for any HF tokenizer. Tokens that complete no
+    character yet share the range of the token that completes it.
+    """
+    text = ""
+    spans = [(0, 0)] * len(ids)
+    prefix_offset = read_offset = 0
+    prefix_text = ""
+    for i in range(len(ids)):
+        new_text = tokenizer.decode(
+            list(ids[prefix_offset : i + 1]),
+            skip_special_tokens=False,
+            clean_up_tokenization_spaces=False,
+        )
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            start = len(text)
+            text += new_text[len(prefix_text) :]
+            for j in range(read_offset, i + 1):
+                spans[j] = (start, len(text))
+            prefix_offset, read_offset = read_offset, i + 1
+            prefix_text = tokenizer.decode(
+                list(ids[prefix_offset:read_offset]),
+                skip_special_tokens=False,
+                clean_up_tokenization_spaces=False,
+            )
+    for j in range(read_offset, len(ids)):  # a trailing incomplete character: no range
+        spans[j] = (len(text), len(text))
+    return text, spans
+
+
+def important_feature_token_mask(
+    completion_ids: torch.Tensor,
+    tokenizer: Any,
+    span_open: str = "<Important Features>",
+    span_close: str = "</Important Features>",
+    completion_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool mask ``[B, T]`` of the completion tokens carrying the important-feature span's content.
+
+    Character offsets come from decoding (see :func:`_token_char_spans`), never from re-encoding,
+    because re-encoding generated text need not reproduce the generated ids. The span is the last
+    ``span_open`` (the one the reward parser keeps) up to the next ``span_close``, or to the end
+    of the completion when the close tag is missing (a truncated answer). Whitespace around the
+    content is trimmed first, so tokens holding only a tag, a tag plus whitespace, or padding are
+    never marked; a token that straddles the content boundary is marked. Special tokens (EOS after
+    an unclosed span) are never marked. Positions where ``completion_mask`` is 0 are not decoded
+    and stay False. A completion without ``span_open`` is all False.
+    """
+    if completion_ids.dim() != 2:
+        raise ValueError(f"completion_ids must be [B, T], got {tuple(completion_ids.shape)}")
+    if completion_mask is None:
+        completion_mask = torch.ones_like(completion_ids, dtype=torch.bool)
+    if completion_mask.shape != completion_ids.shape:
+        raise ValueError(
+            f"completion_mask {tuple(completion_mask.shape)} must match completion_ids "
+            f"{tuple(completion_ids.shape)}"
+        )
+    out = torch.zeros(completion_ids.shape, dtype=torch.bool)
+    special_ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    ids_cpu, mask_cpu = completion_ids.detach().cpu(), completion_mask.detach().cpu().bool()
+    for row in range(ids_cpu.size(0)):
+        positions = torch.nonzero(mask_cpu[row], as_tuple=True)[0]
+        ids = ids_cpu[row, positions].tolist()
+        if not ids:
+            continue
+        quick = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if span_open not in quick:  # the common negative case without per-token decoding
+            continue
+        text, spans = _token_char_spans(ids, tokenizer)
+        open_at = text.rfind(span_open)
+        if open_at < 0:
+            continue
+        start = open_at + len(span_open)
+        close_at = text.find(span_close, start)
+        end = len(text) if close_at < 0 else close_at
+        content = text[start:end]
+        start, end = start + len(content) - len(content.lstrip()), start + len(content.rstrip())
+        if start >= end:
+            continue
+        for k, (s, e) in enumerate(spans):
+            if s < e and s < end and e > start and ids[k] not in special_ids:
+                out[row, positions[k]] = True
+    return out.to(completion_ids.device)
+
+
+def span_mean_entropy(logits_or_entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-completion mean token entropy over the masked tokens; 0 where a row has none.
+
+    Takes per-token entropies ``[B, T]`` (what trl's ``_get_per_token_logps_and_entropies``
+    returns, so the trainer needs no second forward pass) or logits ``[B, T, V]``. Callers tell
+    "no span" from "zero entropy" with ``mask.any(-1)``.
+
+    >>> logits = torch.zeros(1, 2, 4)  # uniform over 4 tokens: entropy ln 4
+    >>> span_mean_entropy(logits, torch.tensor([[True, False]]))
+    tensor([1.3863])
+    """
+    x = logits_or_entropies.detach()
+    if x.dim() == 3:
+        logp = torch.log_softmax(x.float(), dim=-1)
+        x = -(logp.exp() * logp).sum(-1)
+    elif x.dim() != 2:
+        raise ValueError(f"expected entropies [B, T] or logits [B, T, V], got {tuple(x.shape)}")
+    if mask.shape != x.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match {tuple(x.shape)}")
+    m = mask.to(device=x.device, dtype=torch.float32)
+    return (x.float() * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+def clipped_surrogate(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float,
+    eps_high: float | torch.Tensor,
+) -> torch.Tensor:
+    """Per-token clipped GRPO loss ``-min(r·A, clip(r, 1-ε_low, 1+ε_high)·A)``, token-level ratio.
+
+    The same formula as trl 1.16's ``_compute_loss`` for the clipped loss types; with a float
+    ``eps_high`` it is the same ops, so the same bits. ``eps_high`` may be a ``[B, 1]`` tensor
+    (one upper clip per completion). ``advantages`` is ``[B]`` or ``[B, 1]``.
+
+    >>> lp = torch.zeros(2, 1)
+    >>> old = -torch.log(torch.full((2, 1), 1.3))  # ratio 1.3 for both completions
+    >>> clipped_surrogate(lp, old, torch.ones(2), 0.2, torch.tensor([[0.2], [0.4]]))
+    tensor([[-1.2000],
+            [-1.3000]])
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    coef_1 = torch.exp(per_token_logps - old_per_token_logps)
+    if isinstance(eps_high, torch.Tensor):
+        upper = 1 + eps_high.to(device=coef_1.device, dtype=coef_1.dtype)
+        coef_2 = torch.minimum(torch.clamp(coef_1, min=1 - eps_low), upper)
+    else:
+        coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+    return -torch.min(coef_1 * advantages, coef_2 * advantages)
+
+
+class AdaptiveClipGRPOTrainer(GRPOTrainer):
+    """trl's ``GRPOTrainer`` with one upper clip per completion from its span entropy.
+
+    With ``adaptive_clip.enabled=False`` every call goes straight to trl, so the loss and the
+    metrics are trl's own. Enabled, ``_compute_loss`` computes the span mask and, once trl's
+    forward pass has produced the per-token entropies (intercepted in
+    ``_get_per_token_logps_and_entropies``), sets ``self.epsilon_high`` to the ``[B, 1]`` tensor of
+    per-completion clips for the rest of that call; trl's own ``_compute_loss`` then clips, and
+    reports ``clip_ratio/*``, per completion. ``self.epsilon_low`` becomes a 0-dim float64 tensor
+    of the same value only because ``torch.clamp`` refuses a float min with a tensor max.
+
+    Logged per loss call under ``adaptive_clip/``: ``eps_high_mean|min|max``, ``span_fraction``
+    (completions with a span) and ``span_entropy_mean``, gathered over processes.
+    """
+
+    def __init__(self, *args: Any, adaptive_clip: AdaptiveClipConfig | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.adaptive_clip = adaptive_clip if adaptive_clip is not None else AdaptiveClipConfig()
+        self._pending_span_mask: torch.Tensor | None = None
+        self._adaptive_stats: dict[str, float] | None = None
+        if self.adaptive_clip.enabled:
+            self._check_adaptive_clip_compatible()
+
+    def _check_adaptive_clip_compatible(self) -> None:
+        cfg = self.adaptive_clip
+        if self.loss_type not in CLIPPED_LOSS_TYPES:
+            raise ValueError(
+                f"the adaptive clip needs a clipped loss type {sorted(CLIPPED_LOSS_TYPES)}, "
+                f"got loss_type={self.loss_type!r}"
+            )
+        if not math.isclose(self.epsilon_low, cfg.eps_low, rel_tol=0.0, abs_tol=1e-12):
+            raise ValueError(
+                f"GRPOConfig.epsilon ({self.epsilon_low}) must equal AdaptiveClipConfig.eps_low "
+                f"({cfg.eps_low}): the lower clip is fixed and has one source of truth"
+            )
+        if self.args.epsilon_high is not None:
+            log.warning(
+                "GRPOConfig.epsilon_high=%s is superseded by the adaptive clip in [%s, %s]",
+                self.args.epsilon_high,
+                cfg.eps_high_min,
+                cfg.eps_high_max,
+            )
+
+    def _span_tokenizer(self) -> Any:
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        if not self.adaptive_clip.enabled:
+            return super()._compute_loss(model, inputs)
+        cfg = self.adaptive_clip
+        completion_mask = inputs["completion_mask"]
+        mask = completion_mask.bool()
+        if "tool_mask" in inputs:  # tool output is not the policy's text, as in trl
+            mask = mask & inputs["tool_mask"].bool()
+        span_mask = important_feature_token_mask(
+            inputs["completion_ids"],
+            self._span_tokenizer(),
+            cfg.span_open,
+            cfg.span_close,
+            completion_mask=completion_mask,
+        )
+        self._pending_span_mask = span_mask & mask
+        self._adaptive_stats = None
+        eps_low, eps_high = self.epsilon_low, self.epsilon_high
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._pending_span_mask = None
+            self.epsilon_low, self.epsilon_high = eps_low, eps_high
+        if self._adaptive_stats is None:
+            raise RuntimeError(
+                "trl's _compute_loss did not request entropies from "
+                "_get_per_token_logps_and_entropies; the adaptive-clip hook does not fit this trl "
+                "version"
+            )
+        mode = "train" if self.model.training else "eval"
+        for name, value in self._adaptive_stats.items():
+            self._metrics[mode][f"adaptive_clip/{name}"].append(value)
+        return loss
+
+    def _get_per_token_logps_and_entropies(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        span_mask = self._pending_span_mask
+        if span_mask is not None and entropies is not None:
+            self._pending_span_mask = None  # only the policy forward of the current loss call
+            eps_high = self._per_completion_eps_high(entropies, span_mask.to(entropies.device))
+            self.epsilon_high = eps_high.to(logps.dtype).unsqueeze(1)
+            self.epsilon_low = torch.tensor(
+                float(self.epsilon_low), dtype=torch.float64, device=logps.device
+            )
+        return logps, entropies, aux_loss
+
+    def _per_completion_eps_high(
+        self, entropies: torch.Tensor, span_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """ε_high for the local completions, min-max over the batch gathered from all processes;
+        records the batch statistics that ``_compute_loss`` logs."""
+        cfg = self.adaptive_clip
+        mean_entropy = span_mean_entropy(entropies, span_mask).double()  # logs 0.2, not 0.2000003
+        valid = span_mask.any(-1)
+        all_entropy = self.accelerator.gather(mean_entropy)
+        all_valid = self.accelerator.gather(valid.float()).bool()
+        all_eps = entropy_to_epsilon(all_entropy, all_valid, cfg.eps_high_min, cfg.eps_high_max)
+        n = mean_entropy.size(0)
+        start = self.accelerator.process_index * n
+        valid_entropy = all_entropy[all_valid]
+        self._adaptive_stats = {
+            "eps_high_mean": all_eps.mean().item(),
+            "eps_high_min": all_eps.min().item(),
+            "eps_high_max": all_eps.max().item(),
+            "span_fraction": all_valid.float().mean().item(),
+            "span_entropy_mean": valid_entropy.mean().item() if valid_entropy.numel() else math.nan,
+        }
+        return all_eps[start : start + n]

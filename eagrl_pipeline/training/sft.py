@@ -1,0 +1,289 @@
+"""Stage 1 policy: LoRA SFT on the MCTS trajectories with trl's ``SFTTrainer``.
+
+The data are prompt/completion conversations, so trl puts the loss on the completion only. The
+held-out slice is split by patient (a patient's trajectories never straddle train and eval),
+and the base model's loss on it is measured with the adapter switched off, so the comparison
+is on exactly the same tokens. Training checkpoints live in a folder keyed by the settings and
+the data, so an interrupted run resumes and a changed one starts clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eagrl_pipeline.errors import InputDataError
+from eagrl_pipeline.paths import atomic_path
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter; ``all-linear`` targets every projection (attention and MLP)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        targets = self.target_modules
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Run knobs with CPU-friendly defaults; ``build_sft_config`` maps them onto ``SFTConfig``."""
+
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int | None = 2048
+    eval_fraction: float = 0.25
+    logging_steps: int = 1
+    save_steps: int = 20
+    warmup_steps: float = 0.0
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    merge_adapter: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.max_steps == 0 or self.num_train_epochs <= 0:
+            raise ValueError("max_steps must be -1 (use epochs) or >= 1, and epochs > 0")
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """trl defaults to bf16; every run sets both flags explicitly from the compute resource."""
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def build_sft_config(
+    settings: SFTSettings,
+    output_dir: str | Path,
+    *,
+    device: str,
+    precision: str,
+    report_to: Sequence[str] = ("none",),
+) -> Any:
+    """The one place our settings become trl's ``SFTConfig``."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        per_device_eval_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        logging_steps=settings.logging_steps,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        warmup_steps=settings.warmup_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=device == "cpu",
+        report_to=list(report_to),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **precision_flags(precision),
+    )
+
+
+def read_trajectories(path: str | Path) -> list[Record]:
+    """The kept trajectories (JSONL from the MCTS stage), checked for the fields SFT needs."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(path, "no trajectory file; materialize mcts_trajectories first.")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(path, f"line {n} is not JSON ({exc}); re-run the search.") from exc
+        missing = {"patient_key", "system", "user", "text"} - set(record)
+        if missing:
+            raise InputDataError(
+                path, f"line {n} lacks {sorted(missing)}; re-materialize mcts_trajectories."
+            )
+        records.append(record)
+    return records
+
+
+def conversation(record: Record) -> dict[str, Any]:
+    """A trajectory as trl's conversational prompt/completion example."""
+    return {
+        "prompt": [
+            {"role": "system", "content": record["system"]},
+            {"role": "user", "content": record["user"]},
+        ],
+        "completion": [{"role": "assistant", "content": record["text"]}],
+    }
+
+
+def split_by_patient(
+    records: Sequence[Record], eval_fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Train/eval records with whole patients on each side (at least one patient each)."""
+    patients = sorted({str(r["patient_key"]) for r in records})
+    if len(patients) < 2:
+        raise InputDataError(
+            "mcts_trajectories",
+            f"trajectories of {len(patients)} patient(s); SFT needs at least 2 (one held out "
+            "for the eval loss). Fix: search more patients (mcts_trajectories max_patients).",
+        )
+    random.Random(seed).shuffle(patients)
+    n_eval = min(len(patients) - 1, max(1, math.ceil(eval_fraction * len(patients))))
+    held_out = set(patients[:n_eval])
+    train = [r for r in records if str(r["patient_key"]) not in held_out]
+    evaluation = [r for r in records if str(r["patient_key"]) in held_out]
+    return train, evaluation
+
+
+def run_fingerprint(*parts: Any) -> str:
+    """A short key of everything a run depends on (its resumable checkpoints are under it)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_policy_model(model_dir: str | Path, precision: str) -> Any:
+    """The base model for training: bf16 weights on bf16 runs, fp32 otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+
+@dataclass
+class SFTOutcome:
+    adapter_dir: Path
+    merged_dir: Path | None
+    base_eval_loss: float
+    eval_loss: float
+    train_loss: float | None
+    global_step: int
+    resumed_from: str | None
+    n_train: int
+    n_eval: int
+    log_history: list[dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["adapter_dir"] = str(self.adapter_dir)
+        out["merged_dir"] = str(self.merged_dir) if self.merged_dir else None
+        return out
+
+
+def train_sft(
+    model_dir: str | Path,
+    train_records: Sequence[Record],
+    eval_records: Sequence[Record],
+    settings: SFTSettings,
+    output_dir: str | Path,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    report_to: Sequence[str] = ("none",),
+    callbacks: Sequence[Any] = (),
+) -> SFTOutcome:
+    """Train the adapter; write ``adapter/`` (and ``merged/``) under ``output_dir`` atomically.
+
+    Checkpoints go to ``output_dir/runs/<fingerprint>``; a run with the same settings and data
+    resumes from the last one, and the folder is removed once the adapter is written.
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    output_dir = Path(output_dir)
+    fingerprint = run_fingerprint(asdict(settings), str(model_dir), train_records, eval_records)
+    run_dir = output_dir / "runs" / fingerprint
+    resume = last_checkpoint(run_dir)
+    tokenizer = load_tokenizer(model_dir)
+    trainer = SFTTrainer(
+        model=load_policy_model(model_dir, precision),
+        args=build_sft_config(
+            settings, run_dir, device=device, precision=precision, report_to=report_to
+        ),
+        train_dataset=Dataset.from_list([conversation(r) for r in train_records]),
+        eval_dataset=Dataset.from_list([conversation(r) for r in eval_records]),
+        processing_class=tokenizer,
+        peft_config=settings.lora.peft_config(),
+        callbacks=list(callbacks),
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    eval_loss = float(trainer.evaluate(metric_key_prefix="eval")["eval_loss"])
+    with trainer.model.disable_adapter():
+        base_eval_loss = float(trainer.evaluate(metric_key_prefix="base_eval")["base_eval_loss"])
+    adapter_dir = output_dir / "adapter"
+    with atomic_path(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    merged_dir = None
+    if settings.merge_adapter:
+        merged_dir = output_dir / "merged"
+        with atomic_path(merged_dir) as tmp:
+            trainer.model.merge_and_unload().save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    history = [
+        {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+        for entry in trainer.state.log_history
+    ]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return SFTOutcome(
+        adapter_dir=adapter_dir,
+        merged_dir=merged_dir,
+        base_eval_loss=base_eval_loss,
+        eval_loss=eval_loss,
+        train_loss=float(result.training_loss) if result.training_loss is not None else None,
+        global_step=int(trainer.state.global_step),
+        resumed_from=resume,
+        n_train=len(train_records),
+        n_eval=len(eval_records),
+        log_history=history,
+    )
