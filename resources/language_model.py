@@ -33,8 +33,11 @@ class LanguageModel(ConfigurableResource):
 
         return ensure_default_model(home / "models")
 
-    def load(self, home: Path, device: str):
-        """(model, tokenizer) ready for batched generation on ``device``."""
+    def load(self, home: Path, device: str, adapter_dir: Path | None = None):
+        """(model, tokenizer) ready for batched generation on ``device``; with ``adapter_dir``
+        the SFT/GRPO LoRA adapter is merged in."""
         from eagrl_pipeline.llm.generation import load_model
 
-        return load_model(self.model_dir(home), device, self.dtype, self.attn_implementation)
+        return load_model(
+            self.model_dir(home), device, self.dtype, self.attn_implementation, adapter_dir
+        )

@@ -69,8 +69,13 @@ def load_model(
     device: str = "auto",
     dtype: DTypeName | str = "auto",
     attn_implementation: str | None = None,
+    adapter_dir: str | Path | None = None,
 ) -> tuple[Any, Any]:
-    """Load a local model folder for generation: eval mode, left padding, a pad token."""
+    """Load a local model folder for generation: eval mode, left padding, a pad token.
+
+    With ``adapter_dir`` (a LoRA folder from the SFT or GRPO stage) the adapter is merged into
+    the weights, so every policy variant generates at the base model's speed.
+    """
     target = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
@@ -79,7 +84,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, target), "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(target).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = model.to(target).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
