@@ -1,0 +1,174 @@
+"""SFT and GRPO smoke trainings on a tiny random model: weights change, eval loss drops, an
+interrupted run resumes, and bad settings fail before any model is loaded."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eagrl_pipeline.prompts.features import FeatureMatcher
+from eagrl_pipeline.training.grpo import GRPOSettings, grpo_row, train_grpo
+from eagrl_pipeline.training.sft import (
+    LoraSettings,
+    SFTSettings,
+    build_sft_config,
+    split_by_patient,
+    train_sft,
+)
+
+FEATURES = ["Lactate dehydrogenase", "Lymphocyte count", "Hemoglobin"]
+
+
+def _records(n_patients: int = 6) -> list[dict]:
+    rng = random.Random(0)
+    out = []
+    for p in range(n_patients):
+        for _ in range(2):
+            prob = rng.choice(["0.83", "0.07", "0.25"])
+            text = (
+                "<Subquestion> Is the lymphocyte count low? </Subquestion> "
+                f"<Answer> Yes, 0.4{p} is low. </Answer>\n"
+                "<Final subquestion> What is the risk? </Final subquestion>\n"
+                "<Important Features> Lactate dehydrogenase, Lymphocyte count "
+                f"</Important Features>\n<Final answer> {prob} </Final answer>"
+            )
+            out.append(
+                {
+                    "patient_key": str(p),
+                    "system": "You are a clinical assistant.",
+                    "user": f"Patient {p}: Lymphocyte count [0.4{p}]. Predict.",
+                    "text": text,
+                    "label": p % 2,
+                }
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from eagrl_pipeline.llm import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_train"))
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An SFT long enough for the tiny model to write the format sometimes (GRPO needs reward
+    variance within a group to move at all)."""
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    settings = SFTSettings(
+        max_steps=150,
+        learning_rate=3e-2,
+        save_steps=1000,
+        logging_steps=50,
+        lora=LoraSettings(r=16, alpha=32, dropout=0.0),
+    )
+    return train_sft(tiny_dir, train, held_out, settings, tmp_path_factory.mktemp("sft"))
+
+
+def _lora(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(adapter_dir / "adapter_model.safetensors")
+
+
+def test_split_by_patient_keeps_patients_whole() -> None:
+    train, held_out = split_by_patient(_records(), 0.25, seed=1)
+    assert {r["patient_key"] for r in train}.isdisjoint({r["patient_key"] for r in held_out})
+    assert len(train) + len(held_out) == 12 and held_out
+    with pytest.raises(Exception, match="at least 2"):
+        split_by_patient(_records(1), 0.25, seed=0)
+
+
+def test_sft_config_sets_precision_explicitly(tmp_path: Path) -> None:
+    args = build_sft_config(SFTSettings(), tmp_path, device="cpu", precision="fp32")
+    assert args.bf16 is False and args.fp16 is False and args.use_cpu
+    assert args.completion_only_loss is True
+    with pytest.raises(ValueError, match="precision"):
+        build_sft_config(SFTSettings(), tmp_path, device="cpu", precision="half")
+
+
+def test_sft_two_steps_change_the_adapter(tiny_dir: Path, tmp_path: Path) -> None:
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    out = train_sft(tiny_dir, train, held_out, SFTSettings(max_steps=2), tmp_path)
+    assert out.global_step == 2
+    lora_b = {k: v for k, v in _lora(out.adapter_dir).items() if "lora_B" in k}
+    assert lora_b, "no LoRA B matrices saved"
+    # peft initialises B at zero, so any non-zero B was learned in the two steps.
+    assert any(v.abs().max() > 0 for v in lora_b.values())
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sft_lowers_the_held_out_loss(sft_run) -> None:
+    assert sft_run.eval_loss < sft_run.base_eval_loss
+    assert sft_run.n_eval > 0 and sft_run.train_loss is not None
+
+
+def test_interrupted_sft_resumes_from_its_checkpoint(tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash")
+
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    settings = SFTSettings(max_steps=4, save_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sft(tiny_dir, train, held_out, settings, tmp_path, callbacks=[Crash()])
+    assert not (tmp_path / "adapter").exists(), "a crashed run must not leave an adapter"
+    out = train_sft(tiny_dir, train, held_out, settings, tmp_path)
+    assert out.resumed_from is not None and out.resumed_from.endswith("checkpoint-2")
+    assert out.global_step == 4 and (out.adapter_dir / "adapter_config.json").exists()
+
+
+def _rows() -> list[dict]:
+    return [
+        grpo_row(
+            "You are a clinical assistant.",
+            f"Patient {p}: Lymphocyte count [0.4{p}]. Predict.",
+            p % 2,
+            FEATURES[:2],
+        )
+        for p in range(4)
+    ]
+
+
+def test_grpo_two_steps_change_the_sft_adapter(tiny_dir: Path, sft_run, tmp_path: Path) -> None:
+    settings = GRPOSettings(max_steps=2, num_iterations=1, max_completion_length=64)
+    out = train_grpo(
+        tiny_dir, sft_run.adapter_dir, _rows(), FeatureMatcher.build(FEATURES), settings, tmp_path
+    )
+    assert out.global_step == 2
+    before, after = _lora(sft_run.adapter_dir), _lora(out.adapter_dir)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "GRPO changed nothing"
+    rewards = out.metric_series("reward_std")
+    assert rewards and max(rewards) > 0, "no reward variance: the smoke test proves nothing"
+    assert out.metric_series("adaptive_clip/eps_high_mean"), "ε distribution not logged"
+    assert out.metric_series("rewards/r_att/mean"), "reward parts not logged"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (GRPOSettings(per_device_train_batch_size=3, num_generations=4), "divisible"),
+        (GRPOSettings(rewards=("r_cls", "r_length")), "unknown reward"),
+        (GRPOSettings(num_generations=1, per_device_train_batch_size=1), "at least 2"),
+        (GRPOSettings(eps_high_min=0.5, eps_high_max=0.3), "eps_high"),
+    ],
+)
+def test_bad_grpo_settings_fail_before_training(
+    settings: GRPOSettings, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        matcher = FeatureMatcher.build(FEATURES)
+        train_grpo(tmp_path / "no-model", tmp_path, _rows(), matcher, settings, tmp_path)
+
+
+def test_grpo_reward_weights_follow_the_selected_rewards() -> None:
+    settings = GRPOSettings(rewards=("r_att", "r_cls"), lam=0.7, format_weight=0.0)
+    assert settings.trl_reward_weights() == pytest.approx([0.3, 0.7])
+    settings.validate()
