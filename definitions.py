@@ -16,7 +16,7 @@ from dagster import (  # noqa: E402
     load_assets_from_modules,
 )
 
-from assets import cohorts, experts, raw, reasoning, warehouse  # noqa: E402
+from assets import cohorts, experts, raw, reasoning, training, warehouse  # noqa: E402
 from assets.partitions import cohort_partitions  # noqa: E402
 from orchestration import (  # noqa: E402
     build_fan_out_sensor,
@@ -42,7 +42,7 @@ if not DBT_PROJECT.manifest_path.exists():
 
 EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
 
-all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts, reasoning])
+all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts, reasoning, training])
 
 shared_job = define_asset_job(
     "shared_inputs",
@@ -53,20 +53,12 @@ shared_job = define_asset_job(
 )
 partition_job = define_asset_job(
     "partition_lineage",
-    selection=AssetSelection.groups("cohorts", "experts", "reasoning")
-    - AssetSelection.assets("base_language_model", "mcts_trajectories"),
+    selection=AssetSelection.groups("cohorts", "experts", "reasoning", "training")
+    - AssetSelection.assets("base_language_model"),
     partitions_def=cohort_partitions,
     description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
-    "expert model and feature ranking, prompts and base-model predictions.",
-)
-
-trajectories_job = define_asset_job(
-    "stage1_trajectories",
-    selection=AssetSelection.assets("mcts_trajectories"),
-    partitions_def=cohort_partitions,
-    description="Expert-guided MCTS trajectory sets. Not in `make run` yet: the default "
-    "SmolLM2-135M writes no parseable answer, so its quality gates fail; configure a larger "
-    "model (EAGRL_MODEL_PATH) and run it from the UI.",
+    "expert model and feature ranking, prompts, base-model predictions, MCTS trajectories, the "
+    "SFT and the GRPO checkpoints; each stage gated by the checks of the one before.",
 )
 
 
@@ -95,7 +87,7 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[shared_job, partition_job, trajectories_job, full_lineage_job, retrain_job],
+    jobs=[shared_job, partition_job, full_lineage_job, retrain_job],
     schedules=[retrain_schedule],
     sensors=[raw_input_changed, build_fan_out_sensor(partition_job)],
     resources=build_resources(EAGRL_HOME),

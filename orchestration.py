@@ -55,11 +55,12 @@ full_lineage_job = define_asset_job(
 
 retrain_job = define_asset_job(
     "retrain",
-    selection=AssetSelection.groups("experts", "reasoning")
-    - AssetSelection.assets("base_language_model", "mcts_trajectories"),
+    selection=AssetSelection.groups("experts", "reasoning", "training")
+    - AssetSelection.assets("base_language_model"),
     partitions_def=cohort_partitions,
     description="Experts onward for one dataset-task partition: expert models and feature "
-    "rankings, prompts and base-model predictions (the cohorts and warehouse are reused).",
+    "rankings, prompts, base-model predictions, trajectories, SFT and GRPO checkpoints (the "
+    "cohorts and warehouse are reused).",
 )
 
 

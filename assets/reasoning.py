@@ -139,6 +139,12 @@ class BasePredictionsConfig(Config):
     batch_size: int = Field(default=8, description="Prompts per generate call.")
     seed: int = Field(default=0, description="Seed of the sample and of generation.")
     bootstrap_resamples: int = Field(default=200, description="Bootstrap resamples for AUROC.")
+    guided: bool = Field(
+        default=True,
+        description="Force the response tags (the words stay the model's; see "
+        "eagrl_pipeline.llm.guided). Off measures the model's unaided format-following.",
+    )
+    guided_steps: int = Field(default=1, ge=0, description="Guided: steps before the final block.")
 
 
 def sample_patients(frame: pd.DataFrame, per_split: int | None, seed: int) -> pd.DataFrame:
@@ -185,6 +191,7 @@ def base_llm_predictions(
     """Zero-shot answers of the base model on validation and test prompts (batched greedy
     generation), parsed and scored with the EAG-RL reward parts."""
     from eagrl_pipeline.llm.generation import generate_batch
+    from eagrl_pipeline.llm.guided import ResponseScaffold
 
     partition = context.partition_key
     dataset, _ = split_partition(partition)
@@ -206,6 +213,8 @@ def base_llm_predictions(
         do_sample=False,
         seed=config.seed,
         batch_size=config.batch_size,
+        scaffold=ResponseScaffold(tokenizer) if config.guided else None,
+        scaffold_steps=config.guided_steps,
     )
     matcher = feature_matcher(warehouse, dataset)
     expert_top = expert_top_features(home, partition)
@@ -244,6 +253,7 @@ def base_llm_predictions(
         "mean_jaccard_vs_expert": float(predictions["r_att"].mean()),
         "new_tokens_mean": float(predictions["n_new_tokens"].mean()),
         "device": device,
+        "guided": config.guided,
     }
     test = predictions[(predictions["split"] == "test") & predictions["valid"]]
     if test["label"].nunique() == 2:
@@ -297,6 +307,14 @@ class TrajectoriesConfig(Config):
         default=0.2, description="Gate: |positives − negatives| / kept must not exceed this."
     )
     seed: int = Field(default=0, description="Seed of the sample, the search and sampling.")
+    guided: bool = Field(
+        default=True,
+        description="Force the response tags in expansions and rollouts (the words stay the "
+        "model's). Needed for small base models that do not follow the format unaided.",
+    )
+    rollout_steps: int = Field(
+        default=0, ge=0, description="Guided rollouts: steps written before the final block."
+    )
 
 
 @asset(
@@ -377,6 +395,8 @@ def mcts_trajectories(
             rollout_max_new_tokens=config.rollout_max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
+            guided=config.guided,
+            rollout_steps=config.rollout_steps,
         ),
     )
     search = MCTSConfig(
@@ -438,6 +458,7 @@ def mcts_trajectories(
             "prefill_per_unique_prompt_token": counters.prefill_per_unique_prompt_token,
             "generated_tokens": counters.generated_tokens,
             "prefix_reuse": proposer.mode,
+            "guided": config.guided,
             "device": device,
         }
     )

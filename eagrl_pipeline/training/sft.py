@@ -256,6 +256,13 @@ def train_sft(
         peft_config=settings.lora.peft_config(),
         callbacks=list(callbacks),
     )
+    for name, data in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+        if len(data) == 0:  # trl drops examples whose prompt alone fills max_length
+            raise InputDataError(
+                "sft_checkpoint",
+                f"no {name} trajectory keeps any completion token within max_length="
+                f"{settings.max_length}; raise max_length or lower llm_prompts max_tokens.",
+            )
     result = trainer.train(resume_from_checkpoint=resume)
     eval_loss = float(trainer.evaluate(metric_key_prefix="eval")["eval_loss"])
     with trainer.model.disable_adapter():

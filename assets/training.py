@@ -1,0 +1,425 @@
+"""Training: the stage-1 SFT adapter on the MCTS trajectories, then the stage-2 GRPO adapter with
+the EAG-RL reward and the entropy-aware adaptive clip. Both log to MLflow and are gated."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field, model_validator
+
+from assets.partitions import cohort_partitions, split_partition
+from assets.reasoning import expert_top_features, feature_dictionary, sample_patients
+from eagrl_pipeline.paths import atomic_path
+from eagrl_pipeline.prompts import FeatureMatcher, parse_response
+from eagrl_pipeline.prompts.features import dictionary_aliases
+from eagrl_pipeline.rewards import RewardWeights, reward_parts
+from eagrl_pipeline.training.grpo import REWARD_NAMES, GRPOSettings
+from eagrl_pipeline.training.sft import LoraSettings, SFTSettings
+from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
+
+
+class SFTCheckpointConfig(Config):
+    learning_rate: float = Field(default=2e-4, description="AdamW learning rate of the adapter.")
+    num_train_epochs: float = Field(default=2.0, description="Epochs over the trajectories.")
+    max_steps: int = Field(default=-1, description="Stop after N steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(default=2, description="Trajectories per step.")
+    gradient_accumulation_steps: int = Field(default=1, description="Steps per update.")
+    max_length: int | None = Field(
+        default=2048, description="Prompt+completion tokens kept (longer ones are truncated)."
+    )
+    eval_fraction: float = Field(default=0.25, description="Patients held out for eval loss.")
+    save_steps: int = Field(default=20, description="Checkpoint every N steps (resume point).")
+    lora_r: int = Field(default=8, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, description="LoRA alpha.")
+    lora_dropout: float = Field(default=0.05, description="LoRA dropout.")
+    merge_adapter: bool = Field(default=False, description="Also save a merged model folder.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    parse_sample: int = Field(
+        default=4, description="Validation prompts generated to report the parseable fraction."
+    )
+    parse_max_new_tokens: int = Field(default=160, description="Token cap of those answers.")
+    seed: int = Field(default=0, description="Seed of the split, the adapter and the sample.")
+
+    def settings(self) -> SFTSettings:
+        return SFTSettings(
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            max_length=self.max_length,
+            eval_fraction=self.eval_fraction,
+            save_steps=self.save_steps,
+            gradient_checkpointing=self.gradient_checkpointing,
+            seed=self.seed,
+            merge_adapter=self.merge_adapter,
+            lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout),
+        )
+
+
+class RLCheckpointConfig(Config):
+    learning_rate: float = Field(default=5e-5, description="AdamW learning rate of the adapter.")
+    max_steps: int = Field(default=2, description="GRPO optimisation steps (CPU default).")
+    num_generations: int = Field(default=4, description="Group size: completions per prompt.")
+    per_device_train_batch_size: int = Field(
+        default=4, description="Completions per device step; the effective batch must divide "
+        "into groups of num_generations.",
+    )  # fmt: skip
+    gradient_accumulation_steps: int = Field(default=1, description="Steps per update.")
+    num_iterations: int = Field(
+        default=2, description="Updates per generation batch (>1 lets the clip act)."
+    )
+    max_completion_length: int = Field(default=160, description="Token cap per completion.")
+    temperature: float = Field(default=1.0, description="Sampling temperature of the groups.")
+    beta: float = Field(default=0.0, description="KL coefficient (0: no reference model).")
+    loss_type: str = Field(default="dapo", description="trl loss normalisation.")
+    rewards: list[str] = Field(
+        default=list(REWARD_NAMES), description=f"Reward parts used, from {list(REWARD_NAMES)}."
+    )
+    lam: float = Field(default=0.6, description="λ: weight of R_cls against R_att.")
+    reward_beta: float = Field(default=0.5, description="β: margin bonus of R_cls.")
+    format_weight: float = Field(default=0.1, description="Weight of the format term.")
+    adaptive_clip: bool = Field(default=True, description="Entropy-aware adaptive upper clip.")
+    eps_low: float = Field(default=0.2, description="Lower clip ε (fixed).")
+    eps_high_min: float = Field(default=0.2, description="Adaptive ε_high lower bound.")
+    eps_high_max: float = Field(default=0.4, description="Adaptive ε_high upper bound.")
+    max_train_prompts: int | None = Field(
+        default=8, description="Train prompts (a label-stratified sample; empty: all)."
+    )
+    val_prompts: int = Field(
+        default=4, description="Validation prompts for the reward gate (SFT vs RL policy)."
+    )
+    val_max_new_tokens: int = Field(default=160, description="Token cap of the gate's answers.")
+    min_reward_gain: float = Field(
+        default=0.0,
+        description="Gate: RL mean validation reward minus SFT's must be at least this. 0 "
+        "accepts a policy at least as good as SFT (two CPU steps rarely move greedy answers); "
+        "raise it on real runs to demand an improvement.",
+    )
+    seed: int = Field(default=0, description="Seed of the sample, sampling and the adapter.")
+
+    def settings(self) -> GRPOSettings:
+        return GRPOSettings(
+            learning_rate=self.learning_rate,
+            max_steps=self.max_steps,
+            num_generations=self.num_generations,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_iterations=self.num_iterations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            beta=self.beta,
+            loss_type=self.loss_type,
+            rewards=tuple(self.rewards),
+            lam=self.lam,
+            reward_beta=self.reward_beta,
+            format_weight=self.format_weight,
+            adaptive_clip=self.adaptive_clip,
+            eps_low=self.eps_low,
+            eps_high_min=self.eps_high_min,
+            eps_high_max=self.eps_high_max,
+            seed=self.seed,
+        )
+
+    @model_validator(mode="after")
+    def _valid_for_one_process(self) -> "RLCheckpointConfig":
+        """Bad settings fail when the run is configured, not after minutes of generation."""
+        self.settings().validate()
+        return self
+
+
+def _matcher(warehouse: Warehouse, dataset: str) -> tuple[list[str], dict[str, str]]:
+    dictionary = feature_dictionary(warehouse, dataset)
+    return dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
+
+
+def policy_answers(
+    home: EagrlHome,
+    llm: LanguageModel,
+    device: str,
+    adapter_dir: Path | None,
+    prompts: pd.DataFrame,
+    matcher: FeatureMatcher,
+    expert_top: dict[int, list[str]],
+    weights: RewardWeights,
+    max_new_tokens: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Greedy, unguided answers of a policy (base + optional adapter), parsed and scored: what
+    the policy writes on its own, which is what the gates judge."""
+    import gc
+
+    from eagrl_pipeline.llm.generation import generate_batch
+
+    model, tokenizer = llm.load(home.root, device, adapter_dir)
+    messages = [
+        [{"role": "system", "content": s}, {"role": "user", "content": u}]
+        for s, u in zip(prompts["system"], prompts["user"], strict=True)
+    ]
+    results = generate_batch(
+        model, tokenizer, messages, max_new_tokens=max_new_tokens, do_sample=False, seed=seed
+    )
+    del model
+    gc.collect()
+    rows = []
+    for row, result in zip(prompts.itertuples(), results, strict=True):
+        parsed = parse_response(result.text, matcher)
+        parts = reward_parts(parsed, row.label, expert_top.get(row.patient_id, []), weights)
+        rows.append(
+            {
+                "patient_id": row.patient_id,
+                "label": row.label,
+                "completion": result.text,
+                "valid": parsed.is_valid,
+                "reward": parts.total,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _train(
+    context: AssetExecutionContext,
+    kind: str,
+    spec: dict,
+    compute: Compute,
+    work_dir: Path,
+) -> dict:
+    """In process on one device; under ``accelerate launch`` with compute.num_processes > 1."""
+    from eagrl_pipeline.training.launch import launch, run_spec
+
+    if compute.num_processes > 1:
+        import os
+
+        import mlflow
+
+        env = dict(os.environ)
+        active = mlflow.active_run()
+        if active is not None:  # the children's MLflow callback logs into this run
+            env["MLFLOW_RUN_ID"] = active.info.run_id
+            env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+        return launch(kind, spec, work_dir, compute.num_processes, log=context.log.info, env=env)
+    return run_spec(kind, spec)
+
+
+@asset(
+    partitions_def=cohort_partitions,
+    group_name="training",
+    code_version="1",
+    kinds={"pytorch", "huggingface"},
+    deps=["mcts_trajectories", "llm_prompts", "base_language_model"],
+    pool="gpu",
+    check_specs=[
+        AssetCheckSpec(
+            "sft_eval_loss_improved",
+            asset="sft_checkpoint",
+            blocking=True,
+            description="Held-out eval loss of the adapter below the base model's on the same "
+            "trajectories.",
+        )
+    ],
+)
+def sft_checkpoint(
+    context: AssetExecutionContext,
+    config: SFTCheckpointConfig,
+    home: EagrlHome,
+    llm: LanguageModel,
+    compute: Compute,
+    warehouse: Warehouse,
+    mlflow_tracking: MlflowTracking,
+):
+    """Stage 1: a LoRA adapter distilled from the MCTS trajectories (trl SFTTrainer, loss on the
+    completion only), with the base model's eval loss on the same held-out patients."""
+    import mlflow
+
+    from eagrl_pipeline.training.launch import sft_spec
+    from eagrl_pipeline.training.sft import read_trajectories, split_by_patient
+
+    partition = context.partition_key
+    dataset, _ = split_partition(partition)
+    records = read_trajectories(
+        home.artifact_dir("mcts_trajectories", partition) / "trajectories.jsonl"
+    )
+    settings = config.settings()
+    train, held_out = split_by_patient(records, settings.eval_fraction, settings.seed)
+    device = compute.configure_torch()
+    precision = compute.resolved_precision()
+    out_dir = home.artifact_dir("sft_checkpoint", partition)
+    model_dir = llm.model_dir(home.root)
+    with mlflow_tracking.run(context, experiment=f"sft/{partition}", run_name=partition) as run:
+        mlflow.log_params({"device": device, "precision": precision, "n_train": len(train)})
+        spec = sft_spec(
+            model_dir, train, held_out, settings, out_dir,
+            device=device, precision=precision, report_to=["mlflow"],
+        )  # fmt: skip
+        outcome = _train(context, "sft", spec, compute, out_dir / "launch")
+        names, aliases = _matcher(warehouse, dataset)
+        prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
+        val = prompts[prompts["split"] == "val"]
+        sample = sample_patients(val, config.parse_sample, config.seed)
+        answers = policy_answers(
+            home, llm, device, Path(outcome["adapter_dir"]), sample,
+            FeatureMatcher.build(names, aliases), expert_top_features(home, partition),
+            RewardWeights(), config.parse_max_new_tokens, config.seed,
+        )  # fmt: skip
+        parse_fraction = float(answers["valid"].mean()) if len(answers) else float("nan")
+        mlflow.log_metrics(
+            {
+                "final_eval_loss": outcome["eval_loss"],
+                "base_eval_loss": outcome["base_eval_loss"],
+                "val_parse_fraction": parse_fraction,
+            }
+        )
+        mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
+        run_id = run.info.run_id
+    manifest = {**outcome, "mlflow_run_id": run_id, "val_parse_fraction": parse_fraction}
+    manifest.pop("log_history")
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    yield MaterializeResult(
+        metadata={
+            "adapter": MetadataValue.path(outcome["adapter_dir"]),
+            "mlflow_run_id": run_id,
+            "trajectories_train": outcome["n_train"],
+            "trajectories_eval": outcome["n_eval"],
+            "eval_loss": outcome["eval_loss"],
+            "base_eval_loss": outcome["base_eval_loss"],
+            "train_loss": outcome["train_loss"],
+            "steps": outcome["global_step"],
+            "resumed_from": outcome["resumed_from"] or "",
+            "val_parse_fraction": parse_fraction,
+            "device": device,
+            "precision": precision,
+        }
+    )
+    yield AssetCheckResult(
+        check_name="sft_eval_loss_improved",
+        passed=bool(outcome["eval_loss"] < outcome["base_eval_loss"]),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"eval_loss": outcome["eval_loss"], "base_eval_loss": outcome["base_eval_loss"]},
+    )
+
+
+@asset(
+    partitions_def=cohort_partitions,
+    group_name="training",
+    code_version="1",
+    kinds={"pytorch", "huggingface"},
+    deps=["sft_checkpoint", "llm_prompts", "expert_feature_ranking"],
+    pool="gpu",
+    check_specs=[
+        AssetCheckSpec(
+            "rl_reward_improved",
+            asset="rl_checkpoint",
+            blocking=True,
+            description="Mean reward of the RL policy on held-out validation prompts, minus the "
+            "SFT policy's on the same prompts, at least the configured gain.",
+        )
+    ],
+)
+def rl_checkpoint(
+    context: AssetExecutionContext,
+    config: RLCheckpointConfig,
+    home: EagrlHome,
+    llm: LanguageModel,
+    compute: Compute,
+    warehouse: Warehouse,
+    mlflow_tracking: MlflowTracking,
+):
+    """Stage 2: GRPO from the SFT adapter on train prompts, reward λ·R_cls + (1−λ)·R_att plus
+    the format term, with the entropy-aware adaptive upper clip."""
+    import mlflow
+
+    from eagrl_pipeline.training.grpo import grpo_row
+    from eagrl_pipeline.training.launch import grpo_spec
+
+    settings = config.settings()
+    settings.validate(compute.num_processes)
+    partition = context.partition_key
+    dataset, _ = split_partition(partition)
+    sft_adapter = home.artifact_dir("sft_checkpoint", partition) / "adapter"
+    prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
+    train = sample_patients(
+        prompts[prompts["split"] == "train"], config.max_train_prompts, config.seed
+    )
+    expert_top = expert_top_features(home, partition)
+    rows = [
+        grpo_row(r.system, r.user, r.label, expert_top.get(r.patient_id, []))
+        for r in train.itertuples()
+    ]
+    names, aliases = _matcher(warehouse, dataset)
+    device = compute.configure_torch()
+    precision = compute.resolved_precision()
+    out_dir = home.artifact_dir("rl_checkpoint", partition)
+    model_dir = llm.model_dir(home.root)
+    with mlflow_tracking.run(context, experiment=f"grpo/{partition}", run_name=partition) as run:
+        mlflow.log_params({"device": device, "precision": precision, "n_prompts": len(rows)})
+        spec = grpo_spec(
+            model_dir, sft_adapter, rows, names, aliases, settings, out_dir,
+            device=device, precision=precision, num_processes=compute.num_processes,
+            report_to=["mlflow"],
+        )  # fmt: skip
+        outcome = _train(context, "grpo", spec, compute, out_dir / "launch")
+        matcher = FeatureMatcher.build(names, aliases)
+        val = sample_patients(prompts[prompts["split"] == "val"], config.val_prompts, config.seed)
+        weights = settings.reward_weights()
+        scored = {}
+        for name, adapter in (("sft", sft_adapter), ("rl", Path(outcome["adapter_dir"]))):
+            scored[name] = policy_answers(
+                home, llm, device, adapter, val, matcher, expert_top, weights,
+                config.val_max_new_tokens, config.seed,
+            )  # fmt: skip
+        sft_mean = float(scored["sft"]["reward"].mean())
+        rl_mean = float(scored["rl"]["reward"].mean())
+        mlflow.log_metrics({"val_reward_sft": sft_mean, "val_reward_rl": rl_mean})
+        mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
+        run_id = run.info.run_id
+    history = outcome.pop("log_history")
+    eps = [e["adaptive_clip/eps_high_mean"] for e in history if "adaptive_clip/eps_high_mean" in e]
+    rewards = [e["reward"] for e in history if "reward" in e]
+    manifest = {
+        **outcome,
+        "mlflow_run_id": run_id,
+        "val_reward_sft": sft_mean,
+        "val_reward_rl": rl_mean,
+        "train_reward_per_step": rewards,
+    }
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    yield MaterializeResult(
+        metadata={
+            "adapter": MetadataValue.path(outcome["adapter_dir"]),
+            "mlflow_run_id": run_id,
+            "prompts": len(rows),
+            "steps": outcome["global_step"],
+            "resumed_from": outcome["resumed_from"] or "",
+            "train_reward_first": rewards[0] if rewards else float("nan"),
+            "train_reward_last": rewards[-1] if rewards else float("nan"),
+            "eps_high_mean": float(sum(eps) / len(eps)) if eps else float("nan"),
+            "val_reward_sft": sft_mean,
+            "val_reward_rl": rl_mean,
+            "val_parse_fraction_rl": float(scored["rl"]["valid"].mean()),
+            "device": device,
+            "precision": precision,
+        }
+    )
+    yield AssetCheckResult(
+        check_name="rl_reward_improved",
+        passed=bool(rl_mean - sft_mean >= config.min_reward_gain),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "val_reward_sft": sft_mean,
+            "val_reward_rl": rl_mean,
+            "gain": rl_mean - sft_mean,
+            "min_reward_gain": config.min_reward_gain,
+        },
+    )
