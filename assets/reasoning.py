@@ -199,7 +199,7 @@ def base_llm_predictions(
     prompts = sample_patients(
         prompts[prompts["split"].isin(config.splits)], config.max_patients_per_split, config.seed
     )
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     model, tokenizer = llm.load(home.root, device)
     messages = [
         [{"role": "system", "content": s}, {"role": "user", "content": u}]
@@ -273,13 +273,13 @@ def base_llm_predictions(
 
 class TrajectoriesConfig(Config):
     max_patients: int | None = Field(
-        default=8,
+        default=6,
         description="Train patients searched (a seeded, label-stratified sample; empty: all). "
         "CPU default; on a GPU search the whole train split.",
     )
-    n_simulations: int = Field(default=4, description="MCTS simulations per patient.")
+    n_simulations: int = Field(default=3, description="MCTS simulations per patient.")
     branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
-    max_depth: int = Field(default=2, description="Steps before the final block is forced.")
+    max_depth: int = Field(default=1, description="Steps before the final block is forced.")
     uct_c: float = Field(default=1.414, description="UCT exploration constant.")
     top_k_trajectories: int = Field(default=2, description="Trajectories kept per patient.")
     min_reward: float | None = Field(
@@ -291,14 +291,14 @@ class TrajectoriesConfig(Config):
         default=None, description="Kept trajectories per class (empty: the smaller class's)."
     )
     batch_patients: int = Field(
-        default=8, description="Trees searched in lockstep; progress is saved per batch."
+        default=6, description="Trees searched in lockstep; progress is saved per batch."
     )
-    step_max_new_tokens: int = Field(default=64, description="Token cap of one step.")
+    step_max_new_tokens: int = Field(default=112, description="Token cap of one step.")
     rollout_max_new_tokens: int = Field(default=160, description="Token cap of a rollout.")
     temperature: float = Field(default=0.8, description="Sampling temperature.")
     top_p: float = Field(default=0.95, description="Nucleus sampling.")
     random_rollouts_per_patient: int = Field(
-        default=2, description="Plain rollouts per patient: the baseline the search must beat."
+        default=1, description="Plain rollouts per patient: the baseline the search must beat."
     )
     lam: float = Field(default=0.6, description="λ: weight of R_cls against R_att.")
     beta: float = Field(default=0.5, description="β: margin bonus of R_cls.")
@@ -385,7 +385,7 @@ def mcts_trajectories(
         {str(k): v for k, v in expert_top_features(home, partition).items()},
         RewardWeights(lam=config.lam, beta=config.beta, format_weight=config.format_weight),
     )
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     model, tokenizer = llm.load(home.root, device)
     proposer = HFProposer(
         model,

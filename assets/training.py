@@ -251,7 +251,7 @@ def sft_checkpoint(
     )
     settings = config.settings()
     train, held_out = split_by_patient(records, settings.eval_fraction, settings.seed)
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     precision = compute.resolved_precision()
     out_dir = home.artifact_dir("sft_checkpoint", partition)
     model_dir = llm.model_dir(home.root)
@@ -357,7 +357,7 @@ def rl_checkpoint(
         for r in train.itertuples()
     ]
     names, aliases = _matcher(warehouse, dataset)
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     precision = compute.resolved_precision()
     out_dir = home.artifact_dir("rl_checkpoint", partition)
     model_dir = llm.model_dir(home.root)

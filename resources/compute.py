@@ -23,13 +23,22 @@ class Compute(ConfigurableResource):
         "(measured 5-15x faster than two on a busy 2-core machine); raise it for big models.",
     )
 
-    def configure_torch(self) -> str:
-        """Apply the thread setting and return the device to train on."""
+    llm_cpu_threads: int = Field(
+        default=0,
+        description="torch threads on the CPU for language-model stages (generation, SFT, "
+        "GRPO), whose large matmuls do scale with threads; 0 = every core.",
+    )
+
+    def configure_torch(self, *, llm: bool = False) -> str:
+        """Apply the thread setting (the LLM one for ``llm=True``) and return the device."""
+        import os
+
         import torch
 
         device = self.resolved_device()
-        if device == "cpu" and self.cpu_threads > 0:
-            torch.set_num_threads(self.cpu_threads)
+        threads = (self.llm_cpu_threads or os.cpu_count() or 1) if llm else self.cpu_threads
+        if device == "cpu" and threads > 0:
+            torch.set_num_threads(threads)
         return device
 
     def resolved_device(self) -> str:

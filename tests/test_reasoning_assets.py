@@ -95,6 +95,7 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
         "rollout_max_new_tokens": 10,
         "batch_patients": 2,
         "random_rollouts_per_patient": 1,
+        "guided": False,  # unguided, the random model writes nothing parseable: the gate's case
     }
 
     def run():
