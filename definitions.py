@@ -16,7 +16,15 @@ from dagster import (  # noqa: E402
     load_assets_from_modules,
 )
 
-from assets import cohorts, experts, raw, reasoning, training, warehouse  # noqa: E402
+from assets import (  # noqa: E402
+    cohorts,
+    evaluation,
+    experts,
+    raw,
+    reasoning,
+    training,
+    warehouse,
+)
 from assets.partitions import cohort_partitions  # noqa: E402
 from orchestration import (  # noqa: E402
     build_fan_out_sensor,
@@ -42,7 +50,9 @@ if not DBT_PROJECT.manifest_path.exists():
 
 EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
 
-all_assets = load_assets_from_modules([raw, warehouse, cohorts, experts, reasoning, training])
+all_assets = load_assets_from_modules(
+    [raw, warehouse, cohorts, experts, reasoning, training, evaluation]
+)
 
 shared_job = define_asset_job(
     "shared_inputs",
@@ -53,12 +63,22 @@ shared_job = define_asset_job(
 )
 partition_job = define_asset_job(
     "partition_lineage",
-    selection=AssetSelection.groups("cohorts", "experts", "reasoning", "training")
+    selection=(
+        AssetSelection.groups("cohorts", "experts", "reasoning", "training")
+        | AssetSelection.assets("evaluation_report")
+    )
     - AssetSelection.assets("base_language_model"),
     partitions_def=cohort_partitions,
     description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
     "expert model and feature ranking, prompts, base-model predictions, MCTS trajectories, the "
-    "SFT and the GRPO checkpoints; each stage gated by the checks of the one before.",
+    "SFT and the GRPO checkpoints, the evaluation report; each stage gated by the checks of "
+    "the one before.",
+)
+generalization_job = define_asset_job(
+    "cross_dataset_report",
+    selection=AssetSelection.assets("generalization_report"),
+    description="MIMIC-IV-trained policies on TJH and back (unpartitioned): run after the "
+    "mortality partitions of partition_lineage.",
 )
 
 
@@ -87,7 +107,7 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[shared_job, partition_job, full_lineage_job, retrain_job],
+    jobs=[shared_job, partition_job, generalization_job, full_lineage_job, retrain_job],
     schedules=[retrain_schedule],
     sensors=[raw_input_changed, build_fan_out_sensor(partition_job)],
     resources=build_resources(EAGRL_HOME),

@@ -55,12 +55,15 @@ full_lineage_job = define_asset_job(
 
 retrain_job = define_asset_job(
     "retrain",
-    selection=AssetSelection.groups("experts", "reasoning", "training")
+    selection=(
+        AssetSelection.groups("experts", "reasoning", "training")
+        | AssetSelection.assets("evaluation_report")
+    )
     - AssetSelection.assets("base_language_model"),
     partitions_def=cohort_partitions,
     description="Experts onward for one dataset-task partition: expert models and feature "
-    "rankings, prompts, base-model predictions, trajectories, SFT and GRPO checkpoints (the "
-    "cohorts and warehouse are reused).",
+    "rankings, prompts, base-model predictions, trajectories, SFT and GRPO checkpoints and the "
+    "evaluation report (the cohorts and warehouse are reused).",
 )
 
 

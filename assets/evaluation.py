@@ -1,0 +1,619 @@
+"""Evaluation (DESIGN §1 "Evaluation"): the base, SFT and RL policies and the expert on each
+partition's test patients, with feature-order robustness, and the cross-dataset
+generalization report (MIMIC-IV mortality <-> TJH mortality)."""
+
+import gc
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    SpecificPartitionsPartitionMapping,
+    asset,
+)
+from pydantic import Field, field_validator
+
+from assets.experts import _load_cohort
+from assets.partitions import cohort_partitions, split_partition
+from assets.reasoning import (
+    expert_top_features,
+    feature_dictionary,
+    feature_matcher,
+    sample_patients,
+)
+from eagrl_pipeline.evaluation.predictions import (
+    GenerationSettings,
+    LLMAnswers,
+    PromptSet,
+    ReportSection,
+    expert_predictions,
+    expert_robustness,
+    expert_transfer,
+    llm_predictions,
+    shared_features,
+    write_combined_report,
+)
+from eagrl_pipeline.evaluation.report import ModelPredictions, build_report, write_report
+from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
+from eagrl_pipeline.experts import load_expert
+from eagrl_pipeline.paths import atomic_path
+from eagrl_pipeline.prompts import FeatureMatcher
+from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
+
+# Report name -> the training asset whose adapter/ folder holds that policy.
+POLICY_ASSETS: dict[str, str] = {"sft": "sft_checkpoint", "rl": "rl_checkpoint"}
+LLM_MODELS: tuple[str, ...] = ("base", *POLICY_ASSETS)
+GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortality")
+
+
+class LLMEvaluationConfig(Config):
+    max_test_patients: int | None = Field(
+        default=16,
+        ge=1,
+        description="Test patients the LLMs answer: a seeded, label-stratified sample (empty: "
+        "the whole test split). CPU default, since generation is slow there; use all on a GPU.",
+    )
+    sample_seed: int = Field(default=0, description="Seed of the test-patient sample.")
+    max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
+    batch_size: int = Field(default=8, description="Prompts per generate call.")
+    guided: bool = Field(
+        default=True,
+        description="Force the response tags, as base_llm_predictions does (the words stay the "
+        "model's; see eagrl_pipeline.llm.guided). Off measures unaided format-following.",
+    )
+    guided_steps: int = Field(default=1, ge=0, description="Guided: steps before the final block.")
+    permutation_levels: list[float] = Field(
+        default=list(PERMUTATION_LEVELS),
+        description="Shares of features whose order is permuted for the robustness curves.",
+    )
+    permutation_seed: int = Field(
+        default=42,
+        description="Seed of the permutations: per patient for prompts, per level for the "
+        "expert's columns.",
+    )
+    bootstrap_resamples: int = Field(default=1000, ge=0, description="Bootstrap resamples.")
+    bootstrap_seed: int = Field(default=42, description="Seed of the bootstrap.")
+    fallback_probability: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Probability an unparsed answer is scored at."
+    )
+
+    @field_validator("permutation_levels")
+    @classmethod
+    def _levels_in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < level <= 1.0 for level in value) or len(set(value)) != len(value):
+            raise ValueError(f"permutation_levels {value}: distinct shares in (0, 1]")
+        return sorted(value)
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            seed=self.sample_seed,
+            guided=self.guided,
+            guided_steps=self.guided_steps,
+        )
+
+    def decoding_note(self) -> str:
+        guided = (
+            f"on: the response tags are forced and the words are the model's own "
+            f"({self.guided_steps} step(s) before the final block)"
+            if self.guided
+            else "off: unaided format-following"
+        )
+        return (
+            f"LLM decoding: greedy, at most {self.max_new_tokens} new tokens; guided decoding "
+            f"{guided}."
+        )
+
+
+class EvaluationConfig(LLMEvaluationConfig):
+    """The per-partition report's knobs (the LLM ones are shared with generalization)."""
+
+
+class GeneralizationConfig(LLMEvaluationConfig):
+    permutation_levels: list[float] = Field(
+        default=[],
+        description="Robustness levels on the other dataset's prompts; empty by default (the "
+        "per-partition reports hold the robustness curves), which halves the generation.",
+    )
+
+
+def policy_adapters(home: EagrlHome, partition: str) -> dict[str, Path]:
+    """The SFT and RL LoRA adapter folders of ``partition``; every missing one is named, with
+    the asset to materialize, before any model is loaded."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for name, asset_name in POLICY_ASSETS.items():
+        path = home.artifacts / asset_name / partition / "adapter"
+        if (path / "adapter_config.json").is_file():
+            found[name] = path
+        else:
+            missing.append(
+                f"no LoRA adapter at {path} (adapter_config.json missing): materialize "
+                f"{asset_name}[{partition}] first"
+            )
+    if missing:
+        raise FileNotFoundError("; ".join(missing) + ".")
+    return found
+
+
+def _required(path: Path, asset_name: str, partition: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: materialize {asset_name}[{partition}] first.")
+    return path
+
+
+def load_test_prompts(home: EagrlHome, partition: str) -> pd.DataFrame:
+    """The test split's prompts of ``llm_prompts``."""
+    path = _required(
+        home.artifacts / "llm_prompts" / partition / "prompts.parquet", "llm_prompts", partition
+    )
+    prompts = pd.read_parquet(path, columns=["patient_id", "split", "label", "system", "user"])
+    test = prompts[prompts["split"] == "test"].reset_index(drop=True)
+    if test.empty:
+        raise ValueError(f"{path}: no test-split prompts")
+    return test
+
+
+def ranked_top_features(home: EagrlHome, partition: str) -> dict[int, list[str]]:
+    _required(
+        home.artifacts / "expert_feature_ranking" / partition / "ranking.parquet",
+        "expert_feature_ranking",
+        partition,
+    )
+    return expert_top_features(home, partition)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One model's answers to one dataset's prompt sets (keyed by permutation level)."""
+
+    name: str
+    target: str
+    prompts: Mapping[float, PromptSet]
+    matcher: FeatureMatcher
+    expert_top_k: Mapping[int, list[str]]
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def answer_prompts(
+    context: AssetExecutionContext,
+    llm: LanguageModel,
+    home: EagrlHome,
+    device: str,
+    settings: GenerationSettings,
+    loads: Sequence[tuple[Path | None, Sequence[_Job]]],
+) -> dict[tuple[str, str], dict[float, LLMAnswers]]:
+    """Load each policy once (the base model, merged with its adapter when one is given), answer
+    its jobs, and free it before the next, so only one model is ever in memory."""
+    out: dict[tuple[str, str], dict[float, LLMAnswers]] = {}
+    for adapter, jobs in loads:
+        started = time.monotonic()
+        model, tokenizer = llm.load(home.root, device, adapter_dir=adapter)
+        for job in jobs:
+            out[(job.target, job.name)] = llm_predictions(
+                job.name, model, tokenizer, job.prompts, job.matcher, job.expert_top_k, settings
+            )
+        del model, tokenizer
+        _release_memory()
+        n = sum(len(p) for job in jobs for p in job.prompts.values())
+        context.log.info(
+            f"{', '.join(sorted({j.name for j in jobs}))} (adapter {adapter or 'none'}): "
+            f"{n} answers in {time.monotonic() - started:.1f}s"
+        )
+    return out
+
+
+def _prompt_sets(prompts: PromptSet, config: LLMEvaluationConfig) -> dict[float, PromptSet]:
+    """Level 0 is the unperturbed prompts; each level permutes each patient's feature lines."""
+    sets = {0.0: prompts}
+    for level in config.permutation_levels:
+        sets[level] = prompts.permuted(level, config.permutation_seed)
+    return sets
+
+
+def _records(answers: Mapping[tuple[str, str], Mapping[float, LLMAnswers]]) -> pd.DataFrame:
+    frames = [
+        a.records.assign(model=name, target=target, level=level)
+        for (target, name), by_level in answers.items()
+        for level, a in by_level.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _expert_records(
+    models: Sequence[ModelPredictions], robustness: Mapping[str, Mapping[float, ModelPredictions]]
+) -> pd.DataFrame:
+    rows = [
+        {
+            "model": m.name,
+            "level": level,
+            "patient_id": pid,
+            "label": int(y),
+            "probability": float(p),
+        }
+        for m in models
+        for level, pred in {0.0: m, **robustness.get(m.name, {})}.items()
+        for pid, y, p in zip(pred.patient_ids, pred.y_true, pred.y_prob, strict=True)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _write_parquet(frame: pd.DataFrame, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return target
+
+
+def report_metrics(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The headline numbers of a report as flat MLflow metrics (unavailable ones left out)."""
+    metrics: dict[str, float] = {}
+    for name, result in report["models"].items():
+        for metric in ("auroc", "auprc"):
+            if result[metric] is not None:
+                metrics[f"{prefix}{name}.{metric}_mean"] = result[metric]["mean"]
+                metrics[f"{prefix}{name}.{metric}_std"] = result[metric]["std"]
+        for key in ("brier", "ece", "parse_failure_rate"):
+            if result[key] is not None:
+                metrics[f"{prefix}{name}.{key}"] = result[key]
+        if result["jaccard"] is not None:
+            metrics[f"{prefix}{name}.jaccard_mean"] = result["jaccard"]["mean"]
+    robust = report["robustness"] or {"models": {}}
+    for name, entry in robust["models"].items():
+        for row in entry["levels"]:
+            for metric in ("auroc", "auprc"):
+                if row["level"] > 0 and row[metric] is not None:
+                    level = round(row["level"] * 100)
+                    metrics[f"{prefix}{name}.{metric}_perm{level}"] = row[metric]["mean"]
+    if report["headline"]["average_pct"] is not None:
+        metrics[f"{prefix}rl_vs_base_pct"] = report["headline"]["average_pct"]
+    return metrics
+
+
+def _log_mlflow(
+    context: AssetExecutionContext,
+    tracking: MlflowTracking,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: Sequence[Path],
+) -> str:
+    import mlflow
+
+    with tracking.run(context, experiment=experiment, run_name=run_name) as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_metrics(dict(metrics))
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path="report")
+        return run.info.run_id
+
+
+def _auroc(report: Mapping[str, Any], name: str) -> float | None:
+    result = report["models"][name]["auroc"]
+    return None if result is None else result["mean"]
+
+
+def _paths_metadata(paths: Mapping[str, Path]) -> dict[str, MetadataValue]:
+    return {f"report_{key}": MetadataValue.path(str(path)) for key, path in paths.items()}
+
+
+@asset(
+    partitions_def=cohort_partitions,
+    group_name="evaluation",
+    code_version="1",
+    kinds={"huggingface", "pytorch", "mlflow"},
+    deps=[
+        "llm_prompts",
+        "expert_model",
+        "expert_feature_ranking",
+        "sft_checkpoint",
+        "rl_checkpoint",
+    ],
+    pool="gpu",
+)
+def evaluation_report(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    home: EagrlHome,
+    llm: LanguageModel,
+    compute: Compute,
+    warehouse: Warehouse,
+    mlflow_tracking: MlflowTracking,
+):
+    """Base, SFT and RL policies and the expert on the test split: bootstrap AUROC/AUPRC,
+    calibration, parse failures, Jaccard with the expert, RL's improvement over the base model,
+    and AUROC/AUPRC with feature order permuted. report.json/.md/.html, logged to MLflow."""
+    partition = context.partition_key
+    dataset, _ = split_partition(partition)
+    adapters = policy_adapters(home, partition)
+    test = load_test_prompts(home, partition)
+    sample = sample_patients(test, config.max_test_patients, config.sample_seed)
+    prompts = PromptSet.from_frame(sample)
+    top_k = ranked_top_features(home, partition)
+    expert_dir = home.artifacts / "expert_model" / partition
+    manifest = json.loads(
+        _required(expert_dir / "manifest.json", "expert_model", partition).read_text()
+    )
+    arrays = _load_cohort(home, partition)
+    expert, meta = load_expert(expert_dir / manifest["primary"])
+    if list(meta["feature_ids"]) != list(arrays.feature_ids):
+        raise ValueError(
+            f"{expert_dir}: the expert was trained on other features than cohort_dataset"
+            f"[{partition}] now holds; materialize expert_model[{partition}] again."
+        )
+
+    device = compute.configure_torch()
+    matcher = feature_matcher(warehouse, dataset)
+    sets = _prompt_sets(prompts, config)
+    loads = [(None, [_Job("base", partition, sets, matcher, top_k)])] + [
+        (adapters[name], [_Job(name, partition, sets, matcher, top_k)]) for name in POLICY_ASSETS
+    ]
+    answers = answer_prompts(context, llm, home, device, config.generation(), loads)
+
+    position = {pid: i for i, pid in enumerate(arrays.patient_ids.tolist())}
+    expert_sets = {
+        "expert": np.array([position[pid] for pid in prompts.patient_ids]),
+        "expert_all_test": np.flatnonzero(arrays.split == "test"),
+    }
+    models = [answers[(partition, name)][0.0].predictions for name in LLM_MODELS]
+    robustness: dict[str, dict[float, ModelPredictions]] = {
+        name: {lv: answers[(partition, name)][lv].predictions for lv in config.permutation_levels}
+        for name in LLM_MODELS
+    }
+    for name, idx in expert_sets.items():
+        models.append(expert_predictions(name, expert, arrays, idx, device))
+        robustness[name] = expert_robustness(
+            name, expert, arrays, idx, config.permutation_levels, config.permutation_seed, device
+        )
+    if not config.permutation_levels:
+        robustness = {}
+
+    n_test, n_llm = len(test), len(prompts)
+    k = max((len(v) for v in top_k.values()), default=0)
+    notes = [
+        f"Test patients: base, sft, rl and `expert` are scored on the same seeded, "
+        f"label-stratified sample of {n_llm} of the {n_test} test patients (seed "
+        f"{config.sample_seed}); `expert_all_test` is the expert on all {n_test}.",
+        f"Expert: {manifest['primary']}, the primary model of expert_model[{partition}]. "
+        f"Jaccard compares each LLM's <Important Features> with the expert's top-{k} features "
+        "per patient (expert_feature_ranking).",
+        f"LLMs: base is {llm.model_dir(home.root)} zero-shot; sft and rl are the same model with "
+        f"the LoRA adapter of sft_checkpoint[{partition}] / rl_checkpoint[{partition}] merged.",
+        config.decoding_note(),
+        f"Feature-order permutation seed {config.permutation_seed}: each LLM patient's prompt "
+        "gets its own permutation; the expert's columns get one permutation per level.",
+    ]
+    report = build_report(
+        f"EAG-RL evaluation: {partition}",
+        models,
+        robustness,
+        notes,
+        n_resamples=config.bootstrap_resamples,
+        seed=config.bootstrap_seed,
+        fallback_probability=config.fallback_probability,
+    )
+    out_dir = home.artifact_dir("evaluation_report", partition)
+    paths = write_report(out_dir, report, models, robustness)
+    predictions_paths = [
+        _write_parquet(_records(answers), out_dir / "llm_predictions.parquet"),
+        _write_parquet(
+            _expert_records(models[len(LLM_MODELS) :], robustness),
+            out_dir / "expert_predictions.parquet",
+        ),
+    ]
+
+    run_id = _log_mlflow(
+        context,
+        mlflow_tracking,
+        f"evaluation/{partition}",
+        f"evaluation-{partition}",
+        {
+            **config.model_dump(),
+            "partition": partition,
+            "device": device,
+            "base_model": llm.model_dir(home.root),
+            "expert": manifest["primary"],
+            **{f"adapter_{name}": path for name, path in adapters.items()},
+        },
+        report_metrics(report),
+        [*paths.values(), *predictions_paths],
+    )
+    headline = report["headline"]["average_pct"]
+    context.log.info(f"evaluation {partition}: RL vs base {headline} % (average AUROC/AUPRC)")
+    return MaterializeResult(
+        metadata={
+            "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
+            **_paths_metadata(paths),
+            **{p.stem: MetadataValue.path(str(p)) for p in predictions_paths},
+            "headline_rl_vs_base_pct": headline,
+            **{f"test_auroc_{m.name}": _auroc(report, m.name) for m in models},
+            "test_patients_llm": n_llm,
+            "test_patients_all": n_test,
+            "guided": config.guided,
+            "device": device,
+            "mlflow_run_id": run_id,
+        }
+    )
+
+
+def _cohort_feature_ids(home: EagrlHome, partition: str) -> list[str]:
+    path = home.artifacts / "cohort_dataset" / partition / "manifest.json"
+    return list(json.loads(_required(path, "cohort_dataset", partition).read_text())["feature_ids"])
+
+
+def _shared_features_line(transfer: Mapping[str, Any]) -> str:
+    def pair(f: Mapping[str, Any]) -> str:
+        same = f["source_name"] == f["target_name"]
+        text = f["source_name"] if same else f"{f['source_name']} = {f['target_name']}"
+        units = f"{f['source_unit'] or '-'} vs {f['target_unit'] or '-'}"
+        return text if f["same_unit"] else f"{text} ({units})"
+
+    pairs = ", ".join(pair(f) for f in transfer["shared_features"])
+    return (
+        f"Features both cohorts hold ({transfer['source']} = {transfer['target']}, matched by "
+        f"name; unit labels shown where they differ): {pairs or 'none'}; plus sex and age."
+    )
+
+
+_pair = SpecificPartitionsPartitionMapping(list(GENERALIZATION_PARTITIONS))
+
+
+@asset(
+    group_name="evaluation",
+    code_version="1",
+    kinds={"huggingface", "pytorch", "mlflow"},
+    deps=[
+        AssetDep(key, partition_mapping=_pair)
+        for key in (
+            "cohort_dataset",
+            "llm_prompts",
+            "expert_feature_ranking",
+            "sft_checkpoint",
+            "rl_checkpoint",
+        )
+    ],
+    pool="gpu",
+)
+def generalization_report(
+    context: AssetExecutionContext,
+    config: GeneralizationConfig,
+    home: EagrlHome,
+    llm: LanguageModel,
+    compute: Compute,
+    warehouse: Warehouse,
+    mlflow_tracking: MlflowTracking,
+):
+    """Zero-shot transfer: the policies trained on MIMIC-IV mortality answer TJH's test prompts
+    as they are, and the other way round, next to the base model on the same prompts. The expert
+    cannot read the other dataset's inputs: marked not applicable, with the shared features."""
+    a, b = GENERALIZATION_PARTITIONS
+    adapters = {p: policy_adapters(home, p) for p in GENERALIZATION_PARTITIONS}
+    datasets = {p: split_partition(p)[0] for p in GENERALIZATION_PARTITIONS}
+    tests = {p: load_test_prompts(home, p) for p in GENERALIZATION_PARTITIONS}
+    samples = {
+        p: sample_patients(t, config.max_test_patients, config.sample_seed)
+        for p, t in tests.items()
+    }
+    top_k = {p: ranked_top_features(home, p) for p in GENERALIZATION_PARTITIONS}
+    feature_ids = {p: _cohort_feature_ids(home, p) for p in GENERALIZATION_PARTITIONS}
+    dictionaries = {
+        p: feature_dictionary(warehouse, datasets[p]) for p in GENERALIZATION_PARTITIONS
+    }
+    matchers = {p: feature_matcher(warehouse, datasets[p]) for p in GENERALIZATION_PARTITIONS}
+    sets = {p: _prompt_sets(PromptSet.from_frame(s), config) for p, s in samples.items()}
+
+    def job(name: str, target: str) -> _Job:
+        return _Job(name, target, sets[target], matchers[target], top_k[target])
+
+    directions = [(a, b), (b, a)]
+    loads: list[tuple[Path | None, list[_Job]]] = [(None, [job("base", b), job("base", a)])]
+    for source, target in directions:
+        loads += [(adapters[source][name], [job(name, target)]) for name in POLICY_ASSETS]
+    device = compute.configure_torch()
+    answers = answer_prompts(context, llm, home, device, config.generation(), loads)
+
+    transfers = {
+        f"{s}_to_{t}": expert_transfer(
+            s,
+            t,
+            shared_features(dictionaries[s], feature_ids[s], dictionaries[t], feature_ids[t]),
+            len(feature_ids[s]),
+            len(feature_ids[t]),
+        )
+        for s, t in directions
+    }
+    transfer_ab = transfers[f"{a}_to_{b}"]
+    preface = [
+        f"Policies trained on one partition answer the other's test prompts unchanged; base is "
+        f"{llm.model_dir(home.root)} zero-shot on the same prompts.",
+        f"Expert: {transfer_ab['reason']}",
+        _shared_features_line(transfer_ab),
+    ]
+    sections: dict[str, ReportSection] = {}
+    metrics: dict[str, float] = {}
+    for source, target in directions:
+        key = f"{source}_to_{target}"
+        models = [answers[(target, name)][0.0].predictions for name in LLM_MODELS]
+        robustness = {
+            name: {lv: answers[(target, name)][lv].predictions for lv in config.permutation_levels}
+            for name in LLM_MODELS
+            if config.permutation_levels
+        }
+        notes = [
+            f"Test patients: a seeded, label-stratified sample of {len(samples[target])} of the "
+            f"{len(tests[target])} {target} test patients (seed {config.sample_seed}).",
+            f"sft and rl: the LoRA adapters of sft_checkpoint[{source}] / rl_checkpoint[{source}]"
+            f" merged into the base model. Answers parsed with {datasets[target]}'s feature "
+            f"dictionary; Jaccard against expert_feature_ranking[{target}].",
+            config.decoding_note(),
+            f"Expert trained on {source}: not applicable on {target} (see the top of the report).",
+        ]
+        report = build_report(
+            f"Trained on {source}, tested zero-shot on {target}",
+            models,
+            robustness or None,
+            notes,
+            n_resamples=config.bootstrap_resamples,
+            seed=config.bootstrap_seed,
+            fallback_probability=config.fallback_probability,
+        )
+        sections[key] = ReportSection(report, models, robustness or None)
+        metrics.update(report_metrics(report, f"{datasets[source]}_to_{datasets[target]}."))
+
+    out_dir = home.artifact_dir("generalization_report")
+    paths = write_combined_report(
+        out_dir,
+        f"EAG-RL generalization: {a} <-> {b}",
+        preface,
+        sections,
+        {"expert": transfers},
+    )
+    predictions_path = _write_parquet(_records(answers), out_dir / "llm_predictions.parquet")
+    run_id = _log_mlflow(
+        context,
+        mlflow_tracking,
+        "evaluation/generalization",
+        f"generalization-{datasets[a]}-{datasets[b]}",
+        {
+            **config.model_dump(),
+            "partitions": ",".join(GENERALIZATION_PARTITIONS),
+            "device": device,
+            "base_model": llm.model_dir(home.root),
+            "shared_features": len(transfer_ab["shared_features"]),
+        },
+        metrics,
+        [*paths.values(), predictions_path],
+    )
+    metadata: dict[str, Any] = {
+        "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
+        **_paths_metadata(paths),
+        "llm_predictions": MetadataValue.path(str(predictions_path)),
+        "shared_features": len(transfer_ab["shared_features"]),
+        "expert": "not applicable (see report)",
+        "guided": config.guided,
+        "device": device,
+        "mlflow_run_id": run_id,
+    }
+    for key, section in sections.items():
+        metadata[f"{key}_rl_vs_base_pct"] = section.report["headline"]["average_pct"]
+        for name in LLM_MODELS:
+            metadata[f"{key}_test_auroc_{name}"] = _auroc(section.report, name)
+    return MaterializeResult(metadata=metadata)
