@@ -92,6 +92,7 @@ def build_resources(home: str) -> dict[str, object]:
             device=os.environ.get("EAGRL_DEVICE", "auto"),
             precision=os.environ.get("EAGRL_PRECISION", "auto"),
             cpu_threads=int(os.environ.get("EAGRL_CPU_THREADS", "1")),
+            num_processes=int(os.environ.get("EAGRL_NUM_PROCESSES", "1")),
         ),
         "llm": LanguageModel(path=os.environ.get("EAGRL_MODEL_PATH") or None),
         "mlflow_tracking": MlflowTracking(

@@ -31,6 +31,7 @@ from assets.reasoning import (
     feature_matcher,
     sample_patients,
 )
+from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.evaluation.predictions import (
     GenerationSettings,
     LLMAnswers,
@@ -328,6 +329,7 @@ def _paths_metadata(paths: Mapping[str, Path]) -> dict[str, MetadataValue]:
         "rl_checkpoint",
     ],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
 )
 def evaluation_report(
     context: AssetExecutionContext,
@@ -491,6 +493,7 @@ _pair = SpecificPartitionsPartitionMapping(list(GENERALIZATION_PARTITIONS))
         )
     ],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
 )
 def generalization_report(
     context: AssetExecutionContext,

@@ -18,6 +18,7 @@ from dagster import (
 from pydantic import Field, field_validator
 
 from assets.partitions import cohort_partitions, split_partition
+from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.data.cohort import CohortArrays
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics, brier_score
 from eagrl_pipeline.experts import (
@@ -84,6 +85,7 @@ def _load_cohort(home: EagrlHome, partition: str) -> CohortArrays:
     kinds={"pytorch", "mlflow"},
     deps=["cohort_dataset"],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     check_specs=[
         AssetCheckSpec(
             "validation_auroc_floor",

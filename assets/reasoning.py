@@ -16,6 +16,7 @@ from dagster import (
 from pydantic import Field, field_validator
 
 from assets.partitions import cohort_partitions, split_partition
+from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics
 from eagrl_pipeline.llm.base_model import validate_model_dir
 from eagrl_pipeline.paths import atomic_path
@@ -179,6 +180,7 @@ def expert_top_features(home: EagrlHome, partition: str) -> dict[int, list[str]]
     kinds={"huggingface", "parquet"},
     deps=["llm_prompts", "expert_feature_ranking"],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
 )
 def base_llm_predictions(
     context: AssetExecutionContext,
@@ -324,6 +326,7 @@ class TrajectoriesConfig(Config):
     kinds={"huggingface", "jsonl"},
     deps=["llm_prompts", "expert_feature_ranking", "base_language_model"],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     check_specs=[
         AssetCheckSpec(
             "trajectories_parse",

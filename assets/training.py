@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from assets.partitions import cohort_partitions, split_partition
 from assets.reasoning import expert_top_features, feature_dictionary, sample_patients
+from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import FeatureMatcher, parse_response
 from eagrl_pipeline.prompts.features import dictionary_aliases
@@ -218,6 +219,7 @@ def _train(
     kinds={"pytorch", "huggingface"},
     deps=["mcts_trajectories", "llm_prompts", "base_language_model"],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     check_specs=[
         AssetCheckSpec(
             "sft_eval_loss_improved",
@@ -316,6 +318,7 @@ def sft_checkpoint(
     kinds={"pytorch", "huggingface"},
     deps=["sft_checkpoint", "llm_prompts", "expert_feature_ranking"],
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     check_specs=[
         AssetCheckSpec(
             "rl_reward_improved",
