@@ -59,14 +59,14 @@ GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortali
 
 class LLMEvaluationConfig(Config):
     max_test_patients: int | None = Field(
-        default=16,
+        default=10,
         ge=1,
         description="Test patients the LLMs answer: a seeded, label-stratified sample (empty: "
         "the whole test split). CPU default, since generation is slow there; use all on a GPU.",
     )
     sample_seed: int = Field(default=0, description="Seed of the test-patient sample.")
-    max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
-    batch_size: int = Field(default=8, description="Prompts per generate call.")
+    max_new_tokens: int = Field(default=128, description="Generated tokens per answer.")
+    batch_size: int = Field(default=16, description="Prompts per generate call.")
     guided: bool = Field(
         default=True,
         description="Force the response tags, as base_llm_predictions does (the words stay the "

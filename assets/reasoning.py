@@ -62,7 +62,7 @@ class PromptsConfig(Config):
         default="measured", description="'all', or 'measured': drop never-measured features."
     )
     max_tokens: int | None = Field(
-        default=1024,
+        default=768,
         description="Token budget per prompt (the model's tokenizer counts); over it, the "
         "oldest visits and then the least-measured features are dropped and reported. CPU "
         "default; raise it (e.g. 4096) for a 7B model on a GPU.",
@@ -132,11 +132,11 @@ def llm_prompts(
 class BasePredictionsConfig(Config):
     splits: list[str] = Field(default=["val", "test"], description="Splits to predict.")
     max_patients_per_split: int | None = Field(
-        default=8,
+        default=4,
         description="A seeded, label-stratified sample per split (empty: every patient). The "
         "CPU default keeps `make run` short; use all patients on a GPU.",
     )
-    max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
+    max_new_tokens: int = Field(default=128, description="Generated tokens per answer.")
     batch_size: int = Field(default=8, description="Prompts per generate call.")
     seed: int = Field(default=0, description="Seed of the sample and of generation.")
     bootstrap_resamples: int = Field(default=200, description="Bootstrap resamples for AUROC.")
@@ -275,7 +275,7 @@ def base_llm_predictions(
 
 class TrajectoriesConfig(Config):
     max_patients: int | None = Field(
-        default=6,
+        default=4,
         description="Train patients searched (a seeded, label-stratified sample; empty: all). "
         "CPU default; on a GPU search the whole train split.",
     )
@@ -293,10 +293,10 @@ class TrajectoriesConfig(Config):
         default=None, description="Kept trajectories per class (empty: the smaller class's)."
     )
     batch_patients: int = Field(
-        default=6, description="Trees searched in lockstep; progress is saved per batch."
+        default=4, description="Trees searched in lockstep; progress is saved per batch."
     )
-    step_max_new_tokens: int = Field(default=112, description="Token cap of one step.")
-    rollout_max_new_tokens: int = Field(default=160, description="Token cap of a rollout.")
+    step_max_new_tokens: int = Field(default=80, description="Token cap of one step.")
+    rollout_max_new_tokens: int = Field(default=96, description="Token cap of a rollout.")
     temperature: float = Field(default=0.8, description="Sampling temperature.")
     top_p: float = Field(default=0.95, description="Nucleus sampling.")
     random_rollouts_per_patient: int = Field(

@@ -31,7 +31,7 @@ from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehou
 
 class SFTCheckpointConfig(Config):
     learning_rate: float = Field(default=2e-4, description="AdamW learning rate of the adapter.")
-    num_train_epochs: float = Field(default=2.0, description="Epochs over the trajectories.")
+    num_train_epochs: float = Field(default=1.0, description="Epochs over the trajectories.")
     max_steps: int = Field(default=-1, description="Stop after N steps (-1: use epochs).")
     per_device_train_batch_size: int = Field(default=2, description="Trajectories per step.")
     gradient_accumulation_steps: int = Field(default=1, description="Steps per update.")
@@ -46,9 +46,9 @@ class SFTCheckpointConfig(Config):
     merge_adapter: bool = Field(default=False, description="Also save a merged model folder.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
     parse_sample: int = Field(
-        default=4, description="Validation prompts generated to report the parseable fraction."
+        default=2, description="Validation prompts generated to report the parseable fraction."
     )
-    parse_max_new_tokens: int = Field(default=160, description="Token cap of those answers.")
+    parse_max_new_tokens: int = Field(default=128, description="Token cap of those answers.")
     seed: int = Field(default=0, description="Seed of the split, the adapter and the sample.")
 
     def settings(self) -> SFTSettings:
@@ -71,16 +71,16 @@ class SFTCheckpointConfig(Config):
 class RLCheckpointConfig(Config):
     learning_rate: float = Field(default=5e-5, description="AdamW learning rate of the adapter.")
     max_steps: int = Field(default=2, description="GRPO optimisation steps (CPU default).")
-    num_generations: int = Field(default=4, description="Group size: completions per prompt.")
+    num_generations: int = Field(default=2, description="Group size: completions per prompt.")
     per_device_train_batch_size: int = Field(
-        default=4, description="Completions per device step; the effective batch must divide "
+        default=2, description="Completions per device step; the effective batch must divide "
         "into groups of num_generations.",
     )  # fmt: skip
     gradient_accumulation_steps: int = Field(default=1, description="Steps per update.")
     num_iterations: int = Field(
         default=2, description="Updates per generation batch (>1 lets the clip act)."
     )
-    max_completion_length: int = Field(default=160, description="Token cap per completion.")
+    max_completion_length: int = Field(default=128, description="Token cap per completion.")
     temperature: float = Field(default=1.0, description="Sampling temperature of the groups.")
     beta: float = Field(default=0.0, description="KL coefficient (0: no reference model).")
     loss_type: str = Field(default="dapo", description="trl loss normalisation.")
@@ -95,12 +95,12 @@ class RLCheckpointConfig(Config):
     eps_high_min: float = Field(default=0.2, description="Adaptive ε_high lower bound.")
     eps_high_max: float = Field(default=0.4, description="Adaptive ε_high upper bound.")
     max_train_prompts: int | None = Field(
-        default=8, description="Train prompts (a label-stratified sample; empty: all)."
+        default=4, description="Train prompts (a label-stratified sample; empty: all)."
     )
     val_prompts: int = Field(
-        default=4, description="Validation prompts for the reward gate (SFT vs RL policy)."
+        default=2, description="Validation prompts for the reward gate (SFT vs RL policy)."
     )
-    val_max_new_tokens: int = Field(default=160, description="Token cap of the gate's answers.")
+    val_max_new_tokens: int = Field(default=128, description="Token cap of the gate's answers.")
     min_reward_gain: float = Field(
         default=0.0,
         description="Gate: RL mean validation reward minus SFT's must be at least this. 0 "

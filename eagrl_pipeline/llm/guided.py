@@ -44,10 +44,10 @@ _NUMERIC = re.compile(r"^[ 0-9.%]*$")
 class ScaffoldConfig:
     """Per-tag token caps (content tokens; the tags themselves are forced on top)."""
 
-    subquestion_tokens: int = 40
-    answer_tokens: int = 56
-    final_subquestion_tokens: int = 32
-    features_tokens: int = 40
+    subquestion_tokens: int = 20
+    answer_tokens: int = 32
+    final_subquestion_tokens: int = 16
+    features_tokens: int = 32
     final_answer_tokens: int = 6
 
     def cap(self, segment: Segment) -> int:
