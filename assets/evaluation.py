@@ -362,7 +362,7 @@ def evaluation_report(
             f"[{partition}] now holds; materialize expert_model[{partition}] again."
         )
 
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     matcher = feature_matcher(warehouse, dataset)
     sets = _prompt_sets(prompts, config)
     loads = [(None, [_Job("base", partition, sets, matcher, top_k)])] + [
@@ -530,7 +530,7 @@ def generalization_report(
     loads: list[tuple[Path | None, list[_Job]]] = [(None, [job("base", b), job("base", a)])]
     for source, target in directions:
         loads += [(adapters[source][name], [job(name, target)]) for name in POLICY_ASSETS]
-    device = compute.configure_torch()
+    device = compute.configure_torch(llm=True)
     answers = answer_prompts(context, llm, home, device, config.generation(), loads)
 
     transfers = {
