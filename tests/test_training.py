@@ -172,3 +172,24 @@ def test_grpo_reward_weights_follow_the_selected_rewards() -> None:
     settings = GRPOSettings(rewards=("r_att", "r_cls"), lam=0.7, format_weight=0.0)
     assert settings.trl_reward_weights() == pytest.approx([0.3, 0.7])
     settings.validate()
+
+
+def test_interrupted_grpo_resumes_from_its_checkpoint(
+    tiny_dir: Path, sft_run, tmp_path: Path
+) -> None:
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:  # after checkpoint-2, before checkpoint-3
+                raise RuntimeError("simulated crash")
+
+    settings = GRPOSettings(max_steps=3, num_iterations=1, max_completion_length=32, save_steps=1)
+    matcher = FeatureMatcher.build(FEATURES)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_grpo(tiny_dir, sft_run.adapter_dir, _rows(), matcher, settings, tmp_path,
+                   callbacks=[Crash()])  # fmt: skip
+    assert not (tmp_path / "adapter").exists()
+    out = train_grpo(tiny_dir, sft_run.adapter_dir, _rows(), matcher, settings, tmp_path)
+    assert out.resumed_from is not None and out.resumed_from.endswith("checkpoint-2")
+    assert out.global_step == 3
