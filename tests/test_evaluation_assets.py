@@ -37,10 +37,9 @@ LLM_CONFIG = {
 
 
 def _evaluation_assets() -> list:
-    from assets.evaluation import evaluation_report, generalization_report
     from definitions import all_assets
 
-    return [*all_assets, evaluation_report, generalization_report]
+    return list(all_assets)
 
 
 def _write_adapter(model_dir: Path, target: Path, seed: int) -> Path:

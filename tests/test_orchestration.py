@@ -52,8 +52,14 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
             "expert_feature_ranking",
             "llm_prompts",
             "base_llm_predictions",
+            "mcts_trajectories",
+            "sft_checkpoint",
+            "rl_checkpoint",
+            "evaluation_report",
         )
     }
+    assert {"cross_dataset_report"} <= jobs
+    assert repo.get_job("cross_dataset_report").partitions_def is None
 
     (schedule,) = repo.schedule_defs
     assert schedule.name == "weekly_retrain" and schedule.job_name == "retrain"
