@@ -27,13 +27,17 @@ import numpy as np
 import pandas as pd
 
 from eagrl_pipeline.data.cohort import CohortArrays
-from eagrl_pipeline.evaluation.report import ModelPredictions, render_html, render_markdown
+from eagrl_pipeline.evaluation.report import (
+    ModelPredictions,
+    render_html,
+    render_markdown,
+    write_texts,
+)
 from eagrl_pipeline.evaluation.robustness import (
     patient_seed,
     permute_feature_columns,
     permute_prompt_features,
 )
-from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import FeatureMatcher, dictionary_aliases, parse_response
 from eagrl_pipeline.rewards import RewardWeights, reward_parts
 
@@ -446,11 +450,4 @@ def write_combined_report(
             + "\n</body>\n</html>\n"
         ),
     }
-    out = Path(out_dir)
-    paths: dict[str, Path] = {}
-    for key, text in texts.items():
-        target = out / f"report.{key}"
-        with atomic_path(target) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        paths[key] = target
-    return paths
+    return write_texts(out_dir, texts)

@@ -733,9 +733,14 @@ def write_report(
         "md": render_markdown(report),
         "html": render_html(report, models, robustness),
     }
+    return write_texts(out, texts)
+
+
+def write_texts(out_dir: str | Path, texts: dict[str, str]) -> dict[str, Path]:
+    """``report.<key>`` for each rendered text, each written atomically."""
     paths: dict[str, Path] = {}
     for key, text in texts.items():
-        target = out / f"report.{key}"
+        target = Path(out_dir) / f"report.{key}"
         with atomic_path(target) as tmp:
             tmp.write_text(text, encoding="utf-8")
         paths[key] = target

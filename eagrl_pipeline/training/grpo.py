@@ -22,7 +22,7 @@ from eagrl_pipeline.training.sft import (
     last_checkpoint,
     load_policy_model,
     load_tokenizer,
-    precision_flags,
+    run_args,
     run_fingerprint,
 )
 
@@ -115,7 +115,6 @@ def build_grpo_config(
     from trl import GRPOConfig
 
     return GRPOConfig(
-        output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.per_device_train_batch_size,
@@ -129,18 +128,12 @@ def build_grpo_config(
         epsilon=settings.eps_low,
         loss_type=settings.loss_type,
         reward_weights=settings.trl_reward_weights(),
-        logging_steps=settings.logging_steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=1,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        use_cpu=device == "cpu",
-        report_to=list(report_to),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **precision_flags(precision),
-    )
+        **run_args(
+            output_dir, seed=settings.seed, logging_steps=settings.logging_steps,
+            save_steps=settings.save_steps, device=device, precision=precision,
+            report_to=report_to,
+        ),
+    )  # fmt: skip
 
 
 def grpo_row(system: str, user: str, label: int, expert_top_k: Sequence[str]) -> Row:

@@ -80,6 +80,34 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def run_args(
+    output_dir: str | Path,
+    *,
+    seed: int,
+    logging_steps: int,
+    save_steps: int,
+    device: str,
+    precision: str,
+    report_to: Sequence[str],
+) -> dict[str, Any]:
+    """What every training run here sets the same way: checkpoints for resuming (the last one
+    kept), seeds, the device, explicit precision, and where metrics go."""
+    return {
+        "output_dir": str(output_dir),
+        "logging_steps": logging_steps,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 1,
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": device == "cpu",
+        "report_to": list(report_to),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        **precision_flags(precision),
+    }
+
+
 def build_sft_config(
     settings: SFTSettings,
     output_dir: str | Path,
@@ -92,7 +120,6 @@ def build_sft_config(
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.num_train_epochs,
         max_steps=settings.max_steps,
@@ -101,21 +128,15 @@ def build_sft_config(
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
         completion_only_loss=True,
-        logging_steps=settings.logging_steps,
         eval_strategy="no",
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=1,
         warmup_steps=settings.warmup_steps,
         gradient_checkpointing=settings.gradient_checkpointing,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        use_cpu=device == "cpu",
-        report_to=list(report_to),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **precision_flags(precision),
-    )
+        **run_args(
+            output_dir, seed=settings.seed, logging_steps=settings.logging_steps,
+            save_steps=settings.save_steps, device=device, precision=precision,
+            report_to=report_to,
+        ),
+    )  # fmt: skip
 
 
 def read_trajectories(path: str | Path) -> list[Record]:
