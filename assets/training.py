@@ -107,6 +107,11 @@ class RLCheckpointConfig(Config):
         "accepts a policy at least as good as SFT (two CPU steps rarely move greedy answers); "
         "raise it on real runs to demand an improvement.",
     )
+    guided_generation: bool = Field(
+        default=False,
+        description="Sample the groups with the response tags forced (words stay sampled): gives "
+        "a small policy that never writes the format reward variance to learn from.",
+    )
     seed: int = Field(default=0, description="Seed of the sample, sampling and the adapter.")
 
     def settings(self) -> GRPOSettings:
@@ -130,6 +135,7 @@ class RLCheckpointConfig(Config):
             eps_high_min=self.eps_high_min,
             eps_high_max=self.eps_high_max,
             seed=self.seed,
+            guided_generation=self.guided_generation,
         )
 
     @model_validator(mode="after")

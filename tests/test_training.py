@@ -193,3 +193,25 @@ def test_interrupted_grpo_resumes_from_its_checkpoint(
     out = train_grpo(tiny_dir, sft_run.adapter_dir, _rows(), matcher, settings, tmp_path)
     assert out.resumed_from is not None and out.resumed_from.endswith("checkpoint-2")
     assert out.global_step == 3
+
+
+def test_guided_grpo_samples_complete_answers(tiny_dir: Path, tmp_path: Path) -> None:
+    """A one-step SFT leaves the tiny model unable to write the format: sampled freely, its
+    completions run into the length cap; with the tags forced (caps per tag, EOS after the final
+    answer) every completion of every group ends on its own."""
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    weak = train_sft(tiny_dir, train, held_out, SFTSettings(max_steps=1), tmp_path / "sft")
+    matcher = FeatureMatcher.build(FEATURES)
+    common = {"max_steps": 2, "num_iterations": 1, "max_completion_length": 192}
+    free = train_grpo(
+        tiny_dir, weak.adapter_dir, _rows(), matcher, GRPOSettings(**common), tmp_path / "free"
+    )
+    guided = train_grpo(
+        tiny_dir, weak.adapter_dir, _rows(), matcher,
+        GRPOSettings(**common, guided_generation=True), tmp_path / "guided",
+    )  # fmt: skip
+    assert max(free.metric_series("completions/clipped_ratio")) > 0.0
+    assert set(guided.metric_series("completions/clipped_ratio")) == {0.0}
+    assert min(guided.metric_series("completions/mean_terminated_length")) > 20
+    with pytest.raises(ValueError, match="guided_steps"):
+        GRPOSettings(guided_steps=-1).validate()

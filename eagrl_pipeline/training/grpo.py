@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import LogitsProcessorList
+
+from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
 from eagrl_pipeline.prompts.features import FeatureMatcher
 from eagrl_pipeline.rewards import RewardWeights, make_trl_reward_functions
-from eagrl_pipeline.training.adaptive_clip import AdaptiveClipConfig
+from eagrl_pipeline.training.adaptive_clip import AdaptiveClipConfig, AdaptiveClipGRPOTrainer
 from eagrl_pipeline.training.sft import (
     last_checkpoint,
     load_policy_model,
@@ -60,6 +63,8 @@ class GRPOSettings:
     logging_steps: int = 1
     save_steps: int = 1
     seed: int = 0
+    guided_generation: bool = False
+    guided_steps: int = 1
 
     def validate(self, num_processes: int = 1) -> None:
         """Fail before training, with the fix, on settings trl would reject late or misuse."""
@@ -82,6 +87,8 @@ class GRPOSettings:
                 f"must be divisible by num_generations={self.num_generations}; e.g. set "
                 f"per_device_train_batch_size to a multiple of {self.num_generations}"
             )
+        if self.guided_steps < 0:
+            raise ValueError(f"guided_steps must be >= 0, got {self.guided_steps}")
         if self.max_steps < 1 or self.num_iterations < 1 or self.max_completion_length < 1:
             raise ValueError("max_steps, num_iterations and max_completion_length must be >= 1")
         self.clip_config()
@@ -152,6 +159,40 @@ def reward_functions(settings: GRPOSettings, matcher: FeatureMatcher) -> list[An
     return [by_name[name] for name in settings.rewards]
 
 
+class GuidedGRPOTrainer(AdaptiveClipGRPOTrainer):
+    """Optionally samples the groups with the response tags forced (guided decoding).
+
+    Why: a small policy that never writes the format gets the minimum reward on every
+    completion, zero advantages and no update. Forcing the tags while the words stay sampled
+    gives the groups reward variance. The forced tokens are scored under the policy like the
+    rest, so the update is trl's; off by default (the paper samples freely).
+    """
+
+    def __init__(self, *args: Any, guided_steps: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.guided_steps = guided_steps
+        guided = guided_steps is not None
+        self.scaffold = ResponseScaffold(self.processing_class) if guided else None
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.scaffold is None or self.use_vllm:
+            return super()._generate_single_turn(*args, **kwargs)
+        scaffold, plan = self.scaffold, RowPlan("answer", self.guided_steps or 0)
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        generate = model.generate
+
+        def guided(*g_args: Any, **g_kwargs: Any) -> Any:
+            rows = g_kwargs["input_ids"].shape[0]
+            g_kwargs["logits_processor"] = LogitsProcessorList([scaffold.processor([plan] * rows)])
+            return generate(*g_args, **g_kwargs)
+
+        model.generate = guided  # trl calls model.generate(**inputs, generation_config=...)
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            del model.generate
+
+
 @dataclass
 class GRPOOutcome:
     adapter_dir: Path
@@ -192,7 +233,6 @@ def train_grpo(
     from peft import PeftModel
 
     from eagrl_pipeline.paths import atomic_path
-    from eagrl_pipeline.training.adaptive_clip import AdaptiveClipGRPOTrainer
 
     settings.validate(num_processes)
     if not rows:
@@ -214,7 +254,7 @@ def train_grpo(
     model = PeftModel.from_pretrained(
         load_policy_model(model_dir, precision), str(sft_adapter_dir), is_trainable=True
     )
-    trainer = AdaptiveClipGRPOTrainer(
+    trainer = GuidedGRPOTrainer(
         model=model,
         reward_funcs=reward_functions(settings, matcher),
         args=build_grpo_config(
@@ -224,6 +264,7 @@ def train_grpo(
         processing_class=tokenizer,
         callbacks=list(callbacks),
         adaptive_clip=settings.clip_config(),
+        guided_steps=settings.guided_steps if settings.guided_generation else None,
     )
     trainer.train(resume_from_checkpoint=resume)
     adapter_dir = output_dir / "adapter"
