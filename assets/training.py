@@ -21,9 +21,9 @@ from assets.partitions import cohort_partitions, split_partition
 from assets.reasoning import expert_top_features, feature_dictionary, sample_patients
 from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.paths import atomic_path
-from eagrl_pipeline.prompts import FeatureMatcher, parse_response
+from eagrl_pipeline.prompts import FeatureMatcher
 from eagrl_pipeline.prompts.features import dictionary_aliases
-from eagrl_pipeline.rewards import RewardWeights, reward_parts
+from eagrl_pipeline.rewards import RewardWeights
 from eagrl_pipeline.training.grpo import REWARD_NAMES, GRPOSettings
 from eagrl_pipeline.training.sft import LoraSettings, SFTSettings
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
@@ -162,36 +162,24 @@ def policy_answers(
     max_new_tokens: int,
     seed: int,
 ) -> pd.DataFrame:
-    """Greedy, unguided answers of a policy (base + optional adapter), parsed and scored: what
-    the policy writes on its own, which is what the gates judge."""
+    """Greedy, unguided answers of a policy (base + optional adapter), parsed and scored by the
+    evaluation's inference helper: what the policy writes on its own, which the gates judge."""
     import gc
 
-    from eagrl_pipeline.llm.generation import generate_batch
+    from eagrl_pipeline.evaluation.predictions import (
+        GenerationSettings,
+        PromptSet,
+        llm_predictions,
+    )
 
     model, tokenizer = llm.load(home.root, device, adapter_dir)
-    messages = [
-        [{"role": "system", "content": s}, {"role": "user", "content": u}]
-        for s, u in zip(prompts["system"], prompts["user"], strict=True)
-    ]
-    results = generate_batch(
-        model, tokenizer, messages, max_new_tokens=max_new_tokens, do_sample=False, seed=seed
-    )
+    answers = llm_predictions(
+        "policy", model, tokenizer, {"val": PromptSet.from_frame(prompts)}, matcher, expert_top,
+        GenerationSettings(max_new_tokens=max_new_tokens, seed=seed, guided=False), weights,
+    )  # fmt: skip
     del model
     gc.collect()
-    rows = []
-    for row, result in zip(prompts.itertuples(), results, strict=True):
-        parsed = parse_response(result.text, matcher)
-        parts = reward_parts(parsed, row.label, expert_top.get(row.patient_id, []), weights)
-        rows.append(
-            {
-                "patient_id": row.patient_id,
-                "label": row.label,
-                "completion": result.text,
-                "valid": parsed.is_valid,
-                "reward": parts.total,
-            }
-        )
-    return pd.DataFrame(rows)
+    return answers["val"].records
 
 
 def _train(
