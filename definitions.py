@@ -27,6 +27,7 @@ from assets import (  # noqa: E402
 )
 from assets.partitions import cohort_partitions  # noqa: E402
 from orchestration import (  # noqa: E402
+    build_cross_dataset_sensor,
     build_fan_out_sensor,
     full_lineage_job,
     raw_input_changed,
@@ -110,6 +111,10 @@ defs = Definitions(
     assets=all_assets,
     jobs=[shared_job, partition_job, generalization_job, full_lineage_job, retrain_job],
     schedules=[retrain_schedule],
-    sensors=[raw_input_changed, build_fan_out_sensor(partition_job)],
+    sensors=[
+        raw_input_changed,
+        build_fan_out_sensor(partition_job),
+        build_cross_dataset_sensor(partition_job, generalization_job),
+    ],
     resources=build_resources(EAGRL_HOME),
 )

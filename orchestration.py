@@ -214,5 +214,50 @@ def build_fan_out_sensor(partition_job: UnresolvedAssetJobDefinition) -> SensorD
     return full_lineage_fan_out
 
 
+# -- the cross-dataset report after the mortality partitions -------------------------------------
+
+CROSS_DATASET_PARTITIONS = ("mimic_iv-mortality", "tjh-mortality")
+
+
+def cross_dataset_requests(
+    partition: str | None, reported: set[str], run_id: str
+) -> list[RunRequest] | SkipReason:
+    """The cross-dataset report once both mortality partitions have their evaluation report;
+    the run key ties it to the partition run that completed the pair."""
+    if partition not in CROSS_DATASET_PARTITIONS:
+        return SkipReason(f"partition {partition!r} does not feed the cross-dataset report")
+    missing = [p for p in CROSS_DATASET_PARTITIONS if p not in reported]
+    if missing:
+        return SkipReason(f"waiting for evaluation_report of {', '.join(missing)}")
+    return [RunRequest(run_key=f"{run_id}:cross_dataset", tags={"eagrl/upstream_run_id": run_id})]
+
+
+def build_cross_dataset_sensor(
+    partition_job: UnresolvedAssetJobDefinition, report_job: UnresolvedAssetJobDefinition
+) -> SensorDefinition:
+    """On by default, like the fan-out: it completes `full_lineage` (raw to every report)."""
+
+    @run_status_sensor(
+        name="cross_dataset_after_partitions",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[partition_job],
+        request_job=report_job,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="When a mortality partition's run succeeds and both mortality partitions "
+        "have an evaluation report, start cross_dataset_report once for that run.",
+    )
+    def cross_dataset_after_partitions(context: RunStatusSensorContext):
+        from dagster import AssetKey
+
+        run = context.dagster_run
+        reported = context.instance.get_materialized_partitions(AssetKey("evaluation_report"))
+        result = cross_dataset_requests(run.tags.get("dagster/partition"), reported, run.run_id)
+        if isinstance(result, SkipReason):
+            return result
+        return result[0]
+
+    return cross_dataset_after_partitions
+
+
 retrain_schedule = build_retrain_schedule()
 raw_input_changed = build_raw_input_sensor()

@@ -66,7 +66,12 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
     assert schedule.cron_schedule == "0 3 * * 0"
     assert schedule.execution_timezone == "UTC"
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert set(sensors) == {"raw_input_changed", "full_lineage_fan_out"}
+    assert set(sensors) == {
+        "raw_input_changed",
+        "full_lineage_fan_out",
+        "cross_dataset_after_partitions",
+    }
+    assert sensors["cross_dataset_after_partitions"].job_name == "cross_dataset_report"
     assert sensors["raw_input_changed"].minimum_interval_seconds == 60
     assert sensors["raw_input_changed"].job_name == "full_lineage"
     assert sensors["full_lineage_fan_out"].job_name == "partition_lineage"
@@ -204,3 +209,48 @@ def test_fan_out_requests_each_partition_once_for_a_successful_upstream_run(defs
         # A second evaluation for the same run asks for the same run keys, which the daemon
         # deduplicates: the fan-out never fires twice for one upstream run.
         assert [r.run_key for r in sensor(context)] == [r.run_key for r in requests]
+
+
+def test_cross_dataset_report_waits_for_both_mortality_reports():
+    from dagster import SkipReason
+
+    from orchestration import cross_dataset_requests
+
+    skip = cross_dataset_requests("mimic_iv-readmission", set(COHORTS), "r1")
+    assert isinstance(skip, SkipReason) and "does not feed" in skip.skip_message
+    waiting = cross_dataset_requests("tjh-mortality", {"tjh-mortality"}, "r2")
+    assert isinstance(waiting, SkipReason) and "mimic_iv-mortality" in waiting.skip_message
+    both = {"tjh-mortality", "mimic_iv-mortality"}
+    (request,) = cross_dataset_requests("tjh-mortality", both, "r3")
+    assert request.run_key == "r3:cross_dataset"
+    assert request.tags["eagrl/upstream_run_id"] == "r3"
+
+
+def test_cross_dataset_sensor_reads_the_instance(defs):
+    from dagster import AssetMaterialization, SkipReason
+
+    sensor = defs.get_repository_def().get_sensor_def("cross_dataset_after_partitions")
+    with DagsterInstance.ephemeral() as instance:
+
+        def evaluate():
+            result = _stand_in.execute_in_process(
+                instance=instance, tags={"dagster/partition": "tjh-mortality"}
+            )
+            context = build_run_status_sensor_context(
+                sensor_name=sensor.name,
+                dagster_event=result.get_run_success_event(),
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+            )
+            return sensor(context), result.dagster_run.run_id
+
+        instance.report_runless_asset_event(
+            AssetMaterialization("evaluation_report", partition="tjh-mortality")
+        )
+        skipped, _ = evaluate()
+        assert isinstance(skipped, SkipReason) and "mimic_iv-mortality" in skipped.skip_message
+        instance.report_runless_asset_event(
+            AssetMaterialization("evaluation_report", partition="mimic_iv-mortality")
+        )
+        request, run_id = evaluate()
+        assert request.run_key == f"{run_id}:cross_dataset"
