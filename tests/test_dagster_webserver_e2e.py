@@ -180,7 +180,11 @@ def test_dagster_dev_serves_the_graph_and_runs_a_cheap_selection(tmp_path: Path)
         assert schedules["weekly_retrain"]["executionTimezone"] == "UTC"
         assert schedules["weekly_retrain"]["scheduleState"]["status"] == "STOPPED"
         sensors = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
-        assert sensors == {"raw_input_changed": "STOPPED", "full_lineage_fan_out": "RUNNING"}
+        assert sensors == {
+            "raw_input_changed": "STOPPED",
+            "full_lineage_fan_out": "RUNNING",
+            "cross_dataset_after_partitions": "RUNNING",
+        }
 
         nodes = _graphql(base, ASSETS_QUERY)["assetNodes"]
         keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
