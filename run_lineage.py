@@ -22,6 +22,7 @@ from definitions import EAGRL_HOME, defs
 from staleness import cohort_relevance, job_asset_keys, stale_or_missing
 
 RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
+RAW_NAMES = [k.to_user_string() for k in RAW]
 
 
 @dataclass
@@ -142,9 +143,6 @@ def summary(first: Pass, second: Pass) -> None:
         f"wall time, second run (no change): {second.seconds:.1f} s; re-materialized: "
         + (", ".join(redone) if redone else "nothing (raw inputs re-fingerprinted only)")
     )
-
-
-RAW_NAMES = [k.to_user_string() for k in RAW]
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from eagrl_pipeline.llm.base_model import validate_model_dir
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import FeatureMatcher, PromptConfig, build_prompts, parse_response
 from eagrl_pipeline.prompts.features import dictionary_aliases
-from eagrl_pipeline.rewards import RewardWeights, reward_parts
+from eagrl_pipeline.rewards import RewardWeights
 from resources import Compute, EagrlHome, LanguageModel, Warehouse
 
 
@@ -192,8 +192,11 @@ def base_llm_predictions(
 ):
     """Zero-shot answers of the base model on validation and test prompts (batched greedy
     generation), parsed and scored with the EAG-RL reward parts."""
-    from eagrl_pipeline.llm.generation import generate_batch
-    from eagrl_pipeline.llm.guided import ResponseScaffold
+    from eagrl_pipeline.evaluation.predictions import (
+        GenerationSettings,
+        PromptSet,
+        llm_predictions,
+    )
 
     partition = context.partition_key
     dataset, _ = split_partition(partition)
@@ -203,46 +206,25 @@ def base_llm_predictions(
     )
     device = compute.configure_torch(llm=True)
     model, tokenizer = llm.load(home.root, device)
-    messages = [
-        [{"role": "system", "content": s}, {"role": "user", "content": u}]
-        for s, u in zip(prompts["system"], prompts["user"], strict=True)
-    ]
-    results = generate_batch(
+    answers = llm_predictions(
+        "base",
         model,
         tokenizer,
-        messages,
-        max_new_tokens=config.max_new_tokens,
-        do_sample=False,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        scaffold=ResponseScaffold(tokenizer) if config.guided else None,
-        scaffold_steps=config.guided_steps,
+        {split: PromptSet.from_frame(group) for split, group in prompts.groupby("split")},
+        feature_matcher(warehouse, dataset),
+        expert_top_features(home, partition),
+        GenerationSettings(
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            guided=config.guided,
+            guided_steps=config.guided_steps,
+        ),
     )
-    matcher = feature_matcher(warehouse, dataset)
-    expert_top = expert_top_features(home, partition)
-    weights = RewardWeights()
-    rows = []
-    for row, result in zip(prompts.itertuples(), results, strict=True):
-        parsed = parse_response(result.text, matcher)
-        parts = reward_parts(parsed, row.label, expert_top.get(row.patient_id, []), weights)
-        rows.append(
-            {
-                "patient_id": row.patient_id,
-                "split": row.split,
-                "label": row.label,
-                "completion": result.text,
-                "n_new_tokens": result.n_new_tokens,
-                "probability": parsed.probability,
-                "valid": parsed.is_valid,
-                "errors": "; ".join(parsed.errors),
-                "important_features": list(parsed.important_features),
-                "r_cls": parts.r_cls,
-                "r_att": parts.r_att,
-                "r_format": parts.r_format,
-                "reward": parts.total,
-            }
-        )
-    predictions = pd.DataFrame(rows)
+    predictions = pd.concat(
+        [answer.records.assign(split=split) for split, answer in answers.items()],
+        ignore_index=True,
+    )
     target = home.artifact_dir("base_llm_predictions", partition) / "predictions.parquet"
     with atomic_path(target) as tmp:
         predictions.to_parquet(tmp, index=False)
