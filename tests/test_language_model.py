@@ -128,6 +128,46 @@ def test_left_padding_matches_unbatched_greedy(tiny) -> None:
     assert batched[1] == alone
 
 
+SYSTEM = "You are a clinical assistant. Answer with tagged steps. " * 6
+SHARED = [
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    for user in ("Is Albumin low?", "- Urea (Unit: mmol/L): [7.1, 9.4, 12.8]", "Sex: male " * 5)
+]
+
+
+def test_shared_prefix_is_prefilled_once_and_matches_plain_generation(tiny, monkeypatch) -> None:
+    from eagrl_pipeline.llm import generation
+
+    model, tokenizer = tiny
+    prefilled: list[int] = []
+    original = generation._SharedPrefix.prefill.__func__
+
+    def counting(cls, model, tokens):
+        prefilled.append(len(tokens))
+        return original(cls, model, tokens)
+
+    monkeypatch.setattr(generation._SharedPrefix, "prefill", classmethod(counting))
+    kwargs = {"max_new_tokens": 12, "batch_size": 2}
+    reused = generate_batch(model, tokenizer, SHARED, **kwargs)
+    assert len(prefilled) == 1 and prefilled[0] >= 32  # once for both batches
+    plain = generate_batch(model, tokenizer, SHARED, prefix_reuse=False, **kwargs)
+    assert len(prefilled) == 1
+    assert reused == plain
+    alone = [generate_batch(model, tokenizer, [p], max_new_tokens=12)[0] for p in SHARED]
+    assert reused == alone
+
+
+def test_shared_prefix_is_skipped_when_prompts_share_little(tiny, monkeypatch) -> None:
+    from eagrl_pipeline.llm import generation
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(
+        generation._SharedPrefix, "prefill", lambda *a: pytest.fail("no prefix to share")
+    )
+    assert len(generate_batch(model, tokenizer, PROMPTS, max_new_tokens=4)) == len(PROMPTS)
+    assert generation.shared_prefix_length([[1, 2, 3]]) == 2
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_converts_validates_and_generates(
     tmp_path_factory: pytest.TempPathFactory,
@@ -150,3 +190,28 @@ def test_smollm2_gguf_converts_validates_and_generates(
     start = time.perf_counter()
     assert convert_gguf_to_hf(smollm2_gguf_path(), out) == out
     assert time.perf_counter() - start < 5, "a converted folder must be reused, not reconverted"
+
+
+def test_append_in_place_layer_matches_dynamic_layer() -> None:
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from eagrl_pipeline.llm.generation import AppendInPlaceLayer
+
+    torch.manual_seed(0)
+    plain, grown = DynamicLayer(), AppendInPlaceLayer()
+    chunks = [torch.randn(2 if i < 3 else 4, 3, n, 4) for i, n in enumerate((5, 1, 1, 70, 1))]
+    for i, chunk in enumerate(chunks):
+        expected = plain.update(chunk, -chunk)
+        got = grown.update(chunk, -chunk)
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+        if i == 1:  # buffer kept between steps: the update wrote in place
+            assert grown.keys.data_ptr() == grown._buffers[0].data_ptr()
+        if i == 2:  # a replaced tensor (batch repeat) starts a new buffer
+            plain.batch_repeat_interleave(2)
+            grown.batch_repeat_interleave(2)
+        if i == 3:
+            plain.crop(-3)
+            grown.crop(-3)
+    assert grown.get_seq_length() == plain.get_seq_length() == 75
+    assert torch.equal(grown.values, plain.values)

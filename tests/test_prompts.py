@@ -87,17 +87,16 @@ Each feature lists one value per visit, in visit order (NaN = not measured):
 - Never measured (Unit: mg/L. Reference range: < 3): [NaN, NaN, NaN]
 
 Task: Predict the probability that the patient dies during this hospital stay (in-hospital \
-mortality).
-"""
+mortality). Answer in the tagged format."""
 
 
 def test_hand_checked_patient(dictionary: pd.DataFrame) -> None:
     prompt = _patient7(dictionary)
     assert prompt.system.startswith("You are an experienced doctor treating COVID-19 patients")
-    assert prompt.user.startswith(HAND_CHECKED)
+    assert prompt.user == HAND_CHECKED
     assert prompt.text == f"{prompt.system}\n\n{prompt.user}"
-    assert RESPONSE_FORMAT in prompt.user
-    example = prompt.user.split("Example of a complete answer")[1]
+    assert RESPONSE_FORMAT in prompt.system and "dies during this hospital stay" in prompt.system
+    example = prompt.system.split("Example of a complete answer")[1]
     assert "<Important Features> Lactate dehydrogenase, Hemoglobin, pH value </Important" in example
     assert "<Final answer> 0.83 </Final answer>" in example
     assert (prompt.n_visits, prompt.visits_shown, prompt.dropped_visits) == (3, 3, 0)
@@ -224,6 +223,8 @@ def test_build_prompts_one_row_per_patient(dictionary: pd.DataFrame) -> None:
     assert frame.loc[1, "prompt"] == _patient7(dictionary).text
     assert frame.loc[1, "n_visits"] == 3 and frame.loc[1, "n_features_shown"] == 6
     assert set(frame.columns) >= {"system", "user", "n_tokens", "truncated", "dropped_features"}
+    # One shared system message per partition: generation prefills it once for every prompt.
+    assert frame["system"].nunique() == 1 and "Patient information" not in frame.loc[0, "system"]
 
 
 def test_errors_are_input_data_errors(dictionary: pd.DataFrame) -> None:

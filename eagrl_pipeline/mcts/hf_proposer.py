@@ -24,9 +24,8 @@ from transformers import (
     StoppingCriteriaList,
     StopStringCriteria,
 )
-from transformers.cache_utils import DynamicLayer
 
-from eagrl_pipeline.llm.generation import render_prompts
+from eagrl_pipeline.llm.generation import append_in_place, render_prompts, reuse_blocker
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
@@ -110,17 +109,6 @@ class _RowStops(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         done = self.final(input_ids, scores)
         return done | (self.step(input_ids, scores) & ~self.final_rows.to(done.device))
-
-
-def reuse_blocker(model: Any) -> str | None:
-    """Why prefix reuse cannot work for this model, or None when it can."""
-    try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception as exc:  # an exotic config: fall back to plain generation
-        return f"DynamicCache(config) failed: {exc}"
-    if not all(type(layer) is DynamicLayer for layer in layers):
-        return "cache layers are not plain full-attention DynamicLayers (sliding/linear attention)"
-    return None
 
 
 class HFProposer:
@@ -422,7 +410,7 @@ class HFProposer:
             mask[i, width_c - used : width_c] = 1
             ids[i, total - len(tail) :] = torch.tensor(tail, dtype=torch.long)
             mask[i, total - len(tail) :] = 1
-        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        cache = append_in_place(DynamicCache(ddp_cache_data=layers, config=self.model.config))
         ids, mask = ids.to(self.device), mask.to(self.device)
         if width_t > 1:  # extend the cache over all tails but their last token, once per state
             positions = (mask.cumsum(-1) - 1).clamp(min=0)

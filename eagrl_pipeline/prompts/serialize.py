@@ -3,6 +3,12 @@
 Values are the cohort's raw daily values (not z-scores), so the model can compare them with the
 reference ranges it is shown. The token budget is enforced here, not left to truncation by the
 tokenizer, because cutting the end of a prompt would remove the task and the response format.
+
+The system message holds everything a partition's prompts share (persona, task, instructions,
+response format, worked example) and the user message the patient, so every prompt of a
+partition starts with the same tokens and generation computes that prefix once
+(``eagrl_pipeline.llm.generation``). The task is restated after the patient's data, where a
+small model attends to it best.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ TASKS = {
     ),
 }
 
-# Features the worked example names, when the dictionary has them (else the first ones shown).
+# Features the worked example names, when the dictionary has them (else its first features).
 EXAMPLE_FEATURES = {
     "tjh": ("Lactate dehydrogenase", "High sensitivity C-reactive protein", "Lymphocytes (%)"),
     "mimic_iv": ("Glasgow coma scale total", "Oxygen saturation", "Respiratory rate"),
@@ -58,9 +64,9 @@ RESPONSE_FORMAT = """\
 
 _INSTRUCTIONS = (
     "Reason step by step. Break the question into sub-questions and answer each one from the "
-    "data above. Then ask a final sub-question, list the features most important for your "
-    "prediction (use the exact feature names above, separated by commas), and give your final "
-    "answer as a single probability between 0 and 1. Use exactly these tags:"
+    "patient's data. Then ask a final sub-question, list the features most important for your "
+    "prediction (use the exact feature names of the patient's data, separated by commas), and "
+    "give your final answer as a single probability between 0 and 1. Use exactly these tags:"
 )
 
 _HEURISTIC_TOKEN = re.compile(r"\d|[^\W\d_]{1,6}|[^\w\s]")  # a letter run of n: ceil(n/6) hits
@@ -236,16 +242,28 @@ def _demographic(value: object, unit: str = "") -> str:
     return f"{format_value(x)}{unit}" if math.isfinite(x) else "unknown"
 
 
+def _system(persona: str, task: str, example: tuple[str, ...], include_example: bool) -> str:
+    """The part of the prompt every patient of a dataset-task shares."""
+    out = [
+        persona,
+        "",
+        f"You will be given one patient's data. Task: {TASKS[task]}",
+        "",
+        _INSTRUCTIONS,
+        RESPONSE_FORMAT,
+    ]
+    if include_example:
+        out += ["", "Example of a complete answer (for a different patient):", _example(example)]
+    return "\n".join(out)
+
+
 def _render(
-    dataset: str,
     task: str,
     sex: str | None,
     age: object,
     dates: Sequence[str],
     n_visits: int,
     lines: Sequence[str],
-    example: tuple[str, ...],
-    include_example: bool,
 ) -> str:
     shown = len(dates)
     visit_word = "visit" if n_visits == 1 else "visits"
@@ -262,13 +280,8 @@ def _render(
         "Each feature lists one value per visit, in visit order (NaN = not measured):",
         *lines,
         "",
-        f"Task: {TASKS[task]}",
-        "",
-        _INSTRUCTIONS,
-        RESPONSE_FORMAT,
+        f"Task: {TASKS[task]} Answer in the tagged format.",
     ]
-    if include_example:
-        out += ["", "Example of a complete answer (for a different patient):", _example(example)]
     return "\n".join(out)
 
 
@@ -354,7 +367,8 @@ def _serialize(
     ]
     names = {s.name for s in specs}
     preferred = tuple(n for n in EXAMPLE_FEATURES.get(dataset, ()) if n in names)
-    persona = PERSONAS.get(dataset, GENERIC_PERSONA)
+    example = tuple(dict.fromkeys([*preferred, *(s.name for s in specs[:3])]))
+    system = _system(PERSONAS.get(dataset, GENERIC_PERSONA), task, example, config.include_example)
 
     @cache
     def lines_for(drop_v: int) -> list[str]:
@@ -372,20 +386,9 @@ def _serialize(
             gone = sorted(feats, key=lambda j: (int(kept[:, j].sum()), -j))[:drop_f]
             lost += gone
             feats = [j for j in feats if j not in gone]
-        example = tuple(dict.fromkeys([*preferred, *(specs[j].name for j in feats[:3])]))
         lines = lines_for(drop_v)
-        user = _render(
-            dataset,
-            task,
-            sex,
-            age,
-            dates[drop_v:],
-            n_visits,
-            [lines[j] for j in feats],
-            example,
-            config.include_example,
-        )
-        return user, feats, lost, count_tokens(f"{persona}\n\n{user}")
+        user = _render(task, sex, age, dates[drop_v:], n_visits, [lines[j] for j in feats])
+        return user, feats, lost, count_tokens(f"{system}\n\n{user}")
 
     drop_v = drop_f = 0
     budget = config.max_tokens
@@ -398,7 +401,7 @@ def _serialize(
             drop_f = n_feats if drop_f is None else drop_f
     user, feats, lost, n_tokens = attempt(drop_v, drop_f)
     return SerializedPrompt(
-        system=persona,
+        system=system,
         user=user,
         n_tokens=n_tokens,
         n_visits=n_visits,
