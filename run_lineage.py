@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
 
 from assets.partitions import COHORTS
 from definitions import EAGRL_HOME, defs
@@ -30,6 +30,7 @@ class Pass:
     seconds: float = 0.0
     materialized: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
+    warned: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _execute(
@@ -43,13 +44,26 @@ def _execute(
     result = defs.get_job_def(job).execute_in_process(
         instance=instance, partition_key=partition, asset_selection=keys, raise_on_error=False
     )
-    bad = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    failing = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    bad = [c.check_name for c in failing if c.severity == AssetCheckSeverity.ERROR]
+    warned = [
+        f"{c.check_name} ({', '.join(f'{k}={_value(v)}' for k, v in c.metadata.items())})"
+        for c in failing
+        if c.severity != AssetCheckSeverity.ERROR
+    ]
     record.materialized[label] = record.materialized.get(label, []) + [
         k.to_user_string() for k in keys
     ]
+    if warned:
+        record.warned[label] = record.warned.get(label, []) + warned
     if not result.success or bad:
         record.failed[label] = bad or ["run failed (see the Dagster logs above)"]
     return result.success
+
+
+def _value(metadata: object) -> str:
+    value = getattr(metadata, "value", metadata)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def lineage_pass(instance: DagsterInstance) -> Pass:
@@ -128,6 +142,8 @@ def summary(first: Pass, second: Pass) -> None:
         )
     for label, checks in first.failed.items():
         print(f"  FAILED in {label}: {', '.join(checks)}")
+    for label, checks in first.warned.items():
+        print(f"  warning (non-blocking check) in {label}: {'; '.join(checks)}")
     print("\nreports (HTML):")
     for partition in COHORTS:
         print(f"  {artifacts / 'evaluation_report' / partition / 'report.html'}")

@@ -66,7 +66,11 @@ class LLMEvaluationConfig(Config):
     )
     sample_seed: int = Field(default=0, description="Seed of the test-patient sample.")
     max_new_tokens: int = Field(default=128, description="Generated tokens per answer.")
-    batch_size: int = Field(default=16, description="Prompts per generate call.")
+    batch_size: int = Field(
+        default=32,
+        description="Prompts per generate call (a model's 30 CPU-default prompts in one call: "
+        "1.31 s/answer against 1.43 in calls of 16).",
+    )
     guided: bool = Field(
         default=True,
         description="Force the response tags, as base_llm_predictions does (the words stay the "
@@ -83,6 +87,12 @@ class LLMEvaluationConfig(Config):
         "expert's columns.",
     )
     bootstrap_resamples: int = Field(default=1000, ge=0, description="Bootstrap resamples.")
+    robustness_resamples: int = Field(
+        default=200,
+        ge=0,
+        description="Bootstrap resamples of each permuted level (each costs as much as a "
+        "headline metric; the curve's mean needs fewer).",
+    )
     bootstrap_seed: int = Field(default=42, description="Seed of the bootstrap.")
     fallback_probability: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Probability an unparsed answer is scored at."
@@ -117,8 +127,18 @@ class LLMEvaluationConfig(Config):
         )
 
 
+CPU_PERMUTATION_LEVELS: tuple[float, ...] = (0.4, 1.0)
+
+
 class EvaluationConfig(LLMEvaluationConfig):
     """The per-partition report's knobs (the LLM ones are shared with generalization)."""
+
+    permutation_levels: list[float] = Field(
+        default=list(CPU_PERMUTATION_LEVELS),
+        description="Shares of features whose order is permuted for the robustness curves. CPU "
+        "default: two of the paper's levels, since each level is one more answer per patient "
+        "and model; the paper's 0.2/0.4/0.6/1.0 on a GPU.",
+    )
 
 
 class GeneralizationConfig(LLMEvaluationConfig):
@@ -411,6 +431,7 @@ def evaluation_report(
         n_resamples=config.bootstrap_resamples,
         seed=config.bootstrap_seed,
         fallback_probability=config.fallback_probability,
+        robustness_resamples=config.robustness_resamples,
     )
     out_dir = home.artifact_dir("evaluation_report", partition)
     paths = write_report(out_dir, report, models, robustness)
@@ -577,6 +598,7 @@ def generalization_report(
             n_resamples=config.bootstrap_resamples,
             seed=config.bootstrap_seed,
             fallback_probability=config.fallback_probability,
+            robustness_resamples=config.robustness_resamples,
         )
         sections[key] = ReportSection(report, models, robustness or None)
         metrics.update(report_metrics(report, f"{datasets[source]}_to_{datasets[target]}."))

@@ -1,4 +1,8 @@
-"""Benchmark: DuckDB snapshot + dbt cohort marts vs a plain-pandas build of the same marts.
+"""Benchmark: DuckDB snapshot + dbt cohort marts vs plain-pandas builds of the same marts.
+
+Two pandas baselines (``benchmarks/pandas_cohorts.py``): ``vectorised`` (no per-stay loop, the
+strongest pandas we could write) and ``per_stay`` (one stay at a time, as PyEHR-style scripts
+walk patients; the issue's baseline). Ratios are printed against each.
 
 For each size a synthetic MIMIC-IV folder is generated (timed, but not part of either path),
 then each path runs in its own subprocess so that its wall time and peak memory are its own. The
@@ -36,6 +40,7 @@ SEEDS_DIR = DBT_DIR / "seeds"
 MARTS = ("cohort_mimic_iv_mortality", "cohort_mimic_iv_readmission")
 SELECT = ["--select", *(f"+{m}" for m in MARTS)]
 KEYS = ["patient_id", "visit_index"]
+STYLES = ("vectorised", "per_stay")
 
 
 @dataclass
@@ -114,16 +119,16 @@ def _child_duckdb(root: Path, work: Path, dbt_cmd: list[str], report: Path) -> N
     report.write_text(json.dumps({"counts": counts, "snapshot_s": t1 - t0, "dbt_s": t2 - t1}))
 
 
-def _child_pandas(root: Path, work: Path, report: Path) -> None:
+def _child_pandas(root: Path, work: Path, report: Path, style: str) -> None:
     """Build the marts with pandas and persist them (the warehouse path persists its marts too)."""
     from benchmarks.pandas_cohorts import build_cohorts_pandas
 
     t0 = time.perf_counter()
-    marts = build_cohorts_pandas(root)
+    marts = build_cohorts_pandas(root, style=style)  # type: ignore[arg-type]
     t1 = time.perf_counter()
-    (work / "pandas").mkdir(exist_ok=True)
+    (work / f"pandas_{style}").mkdir(exist_ok=True)
     for name, frame in marts.items():
-        frame.to_parquet(work / "pandas" / f"{name}.parquet", index=False)
+        frame.to_parquet(work / f"pandas_{style}" / f"{name}.parquet", index=False)
     t2 = time.perf_counter()
     report.write_text(json.dumps({"build_s": t1 - t0, "write_s": t2 - t1}))
 
@@ -218,7 +223,8 @@ def run_size(n: int, args: argparse.Namespace, check: bool) -> dict[str, object]
     gen_s = time.perf_counter() - t0
     print(f"\n[{n} stays] generated {root} in {gen_s:.1f} s", flush=True)
 
-    for stale in ("target", "logs", "artifacts", "pandas", "warehouse.duckdb"):  # a first run
+    pandas_dirs = [f"pandas_{style}" for style in STYLES]
+    for stale in ("target", "logs", "artifacts", *pandas_dirs, "warehouse.duckdb"):  # a first run
         path = work / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     me = [sys.executable, "-m", "benchmarks.warehouse", "--root", str(root), "--work", str(work)]
@@ -242,13 +248,17 @@ def run_size(n: int, args: argparse.Namespace, check: bool) -> dict[str, object]
         _dbt_cmd(work, "test"), limit_mb, args.timeout, work / "dbt_test.log", cwd=DBT_DIR
     )
     _report("dbt test (not in the timed path)", tests, work / "dbt_test.log", lambda r: "passed")
-    pand = measure([*me, "--child", "pandas"], limit_mb, args.timeout, work / "pandas.log")
-    _report(
-        "pandas",
-        pand,
-        work / "pandas.log",
-        lambda r: f"build {r['build_s']:.1f} s, write parquet {r['write_s']:.1f} s",
-    )
+    pand: dict[str, Measurement] = {}
+    for style in args.pandas_styles:
+        log = work / f"pandas_{style}.log"
+        cmd = [*me, "--child", "pandas", "--style", style]
+        pand[style] = measure(cmd, limit_mb, args.timeout, log)
+        _report(
+            f"pandas ({style})",
+            pand[style],
+            log,
+            lambda r: f"build {r['build_s']:.1f} s, write parquet {r['write_s']:.1f} s",
+        )
 
     chart_rows = int(duck.report.get("counts", {}).get("chartevents", 0))
     out_rows = 0
@@ -256,37 +266,45 @@ def run_size(n: int, args: argparse.Namespace, check: bool) -> dict[str, object]
         with duckdb.connect(str(work / "warehouse.duckdb"), read_only=True) as con:
             row = con.execute(f"select count(*) from {MARTS[0]}").fetchone()
             out_rows = int(row[0]) if row else 0
-    if check and duck.ok and pand.ok:
-        problems = compare_marts(work / "warehouse.duckdb", work / "pandas")
-        print("  agreement: OK" if not problems else "  agreement: DIFFERENCES")
-        for problem in problems:
-            print("    " + problem)
+    for style, m in pand.items():
+        if check and duck.ok and m.ok:
+            problems = compare_marts(work / "warehouse.duckdb", work / f"pandas_{style}")
+            print(f"  agreement with pandas ({style}): {'DIFFERENCES' if problems else 'OK'}")
+            for problem in problems:
+                print("    " + problem)
     return {"n": n, "chart": chart_rows, "out": out_rows, "gen": gen_s, "duck": duck, "pand": pand}
 
 
 def print_table(rows: list[dict]) -> None:
     """The summary: rows/s = chartevents rows per wall second; ratios are pandas / duckdb."""
+    styles = list(rows[0]["pand"]) if rows else []
     cols = ["stays", "chart rows", "out rows", "gen s", "duckdb s", "duckdb cpu s", "duckdb MB",
-            "pandas s", "pandas cpu s", "pandas MB", "duckdb rows/s", "pandas rows/s",
-            "pandas/duckdb", "cpu ratio"]  # fmt: skip
+            "duckdb rows/s"]  # fmt: skip
+    for style in styles:
+        cols += [f"{style} s", f"{style} MB", f"{style}/duckdb", f"{style} cpu ratio"]
     table = []
     for r in rows:
-        d, p = r["duck"], r["pand"]
-        both = d.ok and p.ok
-        table.append([
+        d = r["duck"]
+        line = [
             f"{r['n']}", f"{r['chart']:,}", f"{r['out']:,}", f"{r['gen']:.1f}",
             _fmt(d, d.wall_s, ".1f"), _fmt(d, d.cpu_s, ".1f"), f"{d.peak_mb:.0f}",
-            _fmt(p, p.wall_s, ".1f"), _fmt(p, p.cpu_s, ".1f"), f"{p.peak_mb:.0f}",
-            _fmt(d, r["chart"] / d.wall_s, ",.0f"), _fmt(p, r["chart"] / p.wall_s, ",.0f"),
-            f"{p.wall_s / d.wall_s:.1f}x" if both else "-",
-            f"{p.cpu_s / d.cpu_s:.1f}x" if both else "-",
-        ])  # fmt: skip
+            _fmt(d, r["chart"] / d.wall_s, ",.0f"),
+        ]  # fmt: skip
+        for style in styles:
+            p = r["pand"][style]
+            both = d.ok and p.ok
+            line += [
+                _fmt(p, p.wall_s, ".1f"), f"{p.peak_mb:.0f}",
+                f"{p.wall_s / d.wall_s:.1f}x" if both else "-",
+                f"{p.cpu_s / d.cpu_s:.1f}x" if both else "-",
+            ]  # fmt: skip
+        table.append(line)
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    line = " | ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
-    print("\n" + line + "\n" + "-" * len(line))
+    header = " | ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
+    print("\n" + header + "\n" + "-" * len(header))
     for r, t in zip(rows, table, strict=True):
         print(" | ".join(v.rjust(w) for v, w in zip(t, widths, strict=True)))
-        for name, m in (("duckdb", r["duck"]), ("pandas", r["pand"])):
+        for name, m in (("duckdb", r["duck"]), *((f"pandas ({s})", r["pand"][s]) for s in styles)):
             if not m.ok:
                 print(f"    {name}: {m.killed or f'exit {m.rc}'}")
 
@@ -299,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--mem-limit-gb", type=float, default=18.0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="per path, seconds")
+    parser.add_argument(
+        "--pandas-styles", nargs="+", choices=STYLES, default=list(STYLES), help="baselines to run"
+    )
     parser.add_argument("--child", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--style", choices=STYLES, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--dbt-cmd", help=argparse.SUPPRESS)
@@ -307,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         work = Path(args.work)
-        report = work / f"{args.child}.json"
+        report = work / (f"pandas_{args.style}.json" if args.child == "pandas" else "duckdb.json")
         report.unlink(missing_ok=True)
         if args.child == "duckdb":
             _child_duckdb(Path(args.root), work, json.loads(args.dbt_cmd), report)
         else:
-            _child_pandas(Path(args.root), work, report)
+            _child_pandas(Path(args.root), work, report, args.style)
         return 0
 
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"

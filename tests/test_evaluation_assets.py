@@ -33,6 +33,7 @@ LLM_CONFIG = {
     "guided_steps": 0,
     "batch_size": 16,
     "bootstrap_resamples": 50,
+    "permutation_levels": list(PERMUTATION_LEVELS),  # the paper's four (the CPU default has two)
 }
 
 

@@ -347,3 +347,21 @@ def test_markdown_renders_from_the_json_alone(fixed_models):
     models, robustness = fixed_models
     report = build_report("t", models, robustness, [], n_resamples=5, seed=0)
     assert render_markdown(json.loads(json.dumps(report))) == render_markdown(report)
+
+
+def test_robustness_levels_take_their_own_resample_count(fixed_models):
+    models, robustness = fixed_models
+    report = build_report(
+        "t", models, robustness, [], n_resamples=40, seed=0, robustness_resamples=7
+    )
+    robust = report["robustness"]
+    assert robust["n_resamples"] == 7
+    for entry in robust["models"].values():
+        level0, *permuted = entry["levels"]
+        if level0["auroc"] is not None:
+            assert 7 < level0["auroc"]["n_resamples"] <= 40
+        assert all(row["auroc"]["n_resamples"] <= 7 for row in permuted if row["auroc"])
+    assert any("bootstrapped with 7 resamples" in note for note in report["notes"])
+    same = build_report("t", models, robustness, [], n_resamples=9, seed=0)
+    assert same["robustness"]["n_resamples"] == 9
+    assert not any("bootstrapped with" in note for note in same["notes"])

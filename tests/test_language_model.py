@@ -157,6 +157,31 @@ def test_shared_prefix_is_prefilled_once_and_matches_plain_generation(tiny, monk
     assert reused == alone
 
 
+def test_batches_never_mix_system_messages(tiny, monkeypatch) -> None:
+    from eagrl_pipeline.llm import generation
+
+    model, tokenizer = tiny
+    other = "You are an ICU physician. Answer with tagged steps, one per line. " * 5
+    mixed = [
+        SHARED[0],
+        [{"role": "system", "content": other}, {"role": "user", "content": "Is Urea high?"}],
+        SHARED[1],
+        [{"role": "system", "content": other}, {"role": "user", "content": "Heart rate?"}],
+    ]
+    prefilled: list[tuple[int, ...]] = []
+    original = generation._SharedPrefix.prefill.__func__
+
+    def counting(cls, model, tokens):
+        prefilled.append(tuple(tokens))
+        return original(cls, model, tokens)
+
+    monkeypatch.setattr(generation._SharedPrefix, "prefill", classmethod(counting))
+    reused = generate_batch(model, tokenizer, mixed, max_new_tokens=8, batch_size=4)
+    assert len(prefilled) == 2 and len(set(prefilled)) == 2  # one prefix per system message
+    plain = generate_batch(model, tokenizer, mixed, max_new_tokens=8, prefix_reuse=False)
+    assert reused == plain
+
+
 def test_shared_prefix_is_skipped_when_prompts_share_little(tiny, monkeypatch) -> None:
     from eagrl_pipeline.llm import generation
 

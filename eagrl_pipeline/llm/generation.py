@@ -6,8 +6,9 @@ seeded per batch inside a forked RNG, so a seed reproduces results without distu
 caller's random state.
 
 Shared-prefix reuse: every prompt of a partition starts with the same system message (persona,
-instructions, response format, worked example), about half of each prompt. Its KV is computed
-once per call and copied into every batch; each row then feeds only its own tail, placed after
+instructions, response format, worked example), about half of each prompt. Batches never mix
+system messages; the tokens a batch's prompts share are prefilled once per call (cached by
+their token ids) and copied into the batch; each row then feeds only its own tail, placed after
 the prefix with padding in the middle and positions taken from the attention mask, so a row
 computes what it would alone (prefill drops by the prefix's share; see ``benchmarks/mcts.py``).
 
@@ -249,6 +250,23 @@ class _SharedPrefix:
         return {"input_ids": ids, "attention_mask": mask, "cache": cache}
 
 
+def _batches(
+    prompts: Sequence[str | Conversation], encoded: Sequence[Sequence[int]], batch_size: int
+) -> list[list[int]]:
+    """Row indices per batch: prompts grouped by their system message (a batch never mixes two,
+    so its rows share that prefix), longest first within a group to waste little on padding."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        first = prompt[0] if not isinstance(prompt, str) and prompt else {}
+        system = first.get("content", "") if first.get("role") == "system" else ""
+        groups.setdefault(system, []).append(i)
+    batches = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda i: -len(encoded[i]))
+        batches += [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    return batches
+
+
 def render_prompts(
     tokenizer: Any, prompts: Sequence[str | Conversation], use_chat_template: bool = True
 ) -> list[str]:
@@ -287,12 +305,13 @@ def generate_batch(
 ) -> list[GenerationResult]:
     """Generate one completion per prompt, in the prompts' order.
 
-    Prompts are grouped by length to waste little compute on padding. Sampling knobs are all
-    explicit (``top_k=0`` means off) so a model's own ``generation_config`` defaults, such as
-    Qwen's top_k=20 or repetition penalty, never change results silently. With a ``scaffold``
+    Prompts are grouped by system message, then by length (little compute wasted on padding).
+    Sampling knobs are all explicit (``top_k=0`` means off) so a model's own
+    ``generation_config`` defaults, such as Qwen's top_k=20 or repetition penalty, never change
+    results silently. With a ``scaffold``
     the response tags are forced (``scaffold_steps`` steps, then the final block). With
-    ``prefix_reuse`` the tokens all prompts share (at least ``min_shared_tokens``) are prefilled
-    once for the whole call (see the module docstring); results match plain generation.
+    ``prefix_reuse`` the tokens a batch's prompts share (at least ``min_shared_tokens``) are
+    prefilled once per call (see the module docstring); results match plain generation.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")
@@ -314,15 +333,17 @@ def generate_batch(
         pad_token_id=pad_id,
     )
     device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-    shared = shared_prefix_length(encoded) if prefix_reuse and len(encoded) > 1 else 0
-    prefix, in_place = None, reuse_blocker(model) is None
-    if shared >= min_shared_tokens and in_place:
-        prefix = _SharedPrefix.prefill(model, list(encoded[0][:shared]))
+    prefixes: dict[tuple[int, ...], _SharedPrefix] = {}
+    in_place = reuse_blocker(model) is None
     results: dict[int, GenerationResult] = {}
-    for b, start in enumerate(range(0, len(order), batch_size)):
-        rows = order[start : start + batch_size]
-        if prefix is not None:
+    for b, rows in enumerate(_batches(prompts, encoded, batch_size)):
+        shared = 0
+        if prefix_reuse and in_place and len(rows) > 1:
+            shared = shared_prefix_length([encoded[i] for i in rows])
+        if shared >= min_shared_tokens:
+            prefix = prefixes.get(key := tuple(encoded[rows[0]][:shared]))
+            if prefix is None:
+                prefix = prefixes[key] = _SharedPrefix.prefill(model, list(key))
             batch = prefix.batch_inputs(model, [encoded[i][shared:] for i in rows], pad_id)
         else:
             batch = dict(

@@ -369,6 +369,9 @@ def _serialize(
     preferred = tuple(n for n in EXAMPLE_FEATURES.get(dataset, ()) if n in names)
     example = tuple(dict.fromkeys([*preferred, *(s.name for s in specs[:3])]))
     system = _system(PERSONAS.get(dataset, GENERIC_PERSONA), task, example, config.include_example)
+    # Counted once: the budget search re-counts only the patient's part (the sum is exact for
+    # the heuristic counter and within a token of a tokenizer's count of the joined text).
+    n_system = count_tokens(system)
 
     @cache
     def lines_for(drop_v: int) -> list[str]:
@@ -388,7 +391,7 @@ def _serialize(
             feats = [j for j in feats if j not in gone]
         lines = lines_for(drop_v)
         user = _render(task, sex, age, dates[drop_v:], n_visits, [lines[j] for j in feats])
-        return user, feats, lost, count_tokens(f"{system}\n\n{user}")
+        return user, feats, lost, n_system + count_tokens(user)
 
     drop_v = drop_f = 0
     budget = config.max_tokens
