@@ -69,3 +69,38 @@ def test_bad_inputs_raise():
 
 def test_brier_score_closed_form():
     assert brier_score([0, 1, 1, 0], [0.0, 1.0, 0.5, 0.5]) == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("n", [5, 23, 200])
+def test_resampled_metrics_equal_sklearn_on_every_row_ties_included(n: int) -> None:
+    from eagrl_pipeline.evaluation.metrics import resampled_auroc, resampled_average_precision
+
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 2, size=(300, n))
+    y[:, 0], y[:, 1] = 0, 1  # both classes in every row
+    p = rng.integers(0, 6, size=(300, n)) / 5  # coarse scores: many ties
+    aurocs, precisions = resampled_auroc(y, p), resampled_average_precision(y, p)
+    for row in range(300):
+        assert aurocs[row] == pytest.approx(roc_auc_score(y[row], p[row]), abs=1e-12)
+        assert precisions[row] == pytest.approx(average_precision_score(y[row], p[row]), abs=1e-12)
+
+
+def test_bootstrap_matches_a_resample_by_resample_sklearn_loop() -> None:
+    rng = np.random.default_rng(7)
+    y, p = rng.integers(0, 2, 40), np.round(rng.random(40), 1)
+    est = bootstrap_metrics(y, p, n_resamples=300, seed=11)
+    draws = np.random.default_rng(11)
+    loop: dict[str, list[float]] = {"auroc": [], "auprc": []}
+    for _ in range(300):  # the same draws, one resample at a time
+        index = draws.integers(0, 40, size=40)
+        if y[index].min() == y[index].max():
+            continue
+        loop["auroc"].append(roc_auc_score(y[index], p[index]))
+        loop["auprc"].append(average_precision_score(y[index], p[index]))
+    for name, values in loop.items():
+        assert est[name].n_resamples == len(values)
+        assert est[name].mean == pytest.approx(np.mean(values), abs=1e-12)
+        assert est[name].std == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        assert est[name].full == pytest.approx(
+            (roc_auc_score if name == "auroc" else average_precision_score)(y, p)
+        )

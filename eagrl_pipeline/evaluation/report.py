@@ -373,8 +373,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The whole report as a JSON-ready dict.
 
-    ``robustness_resamples`` (default: ``n_resamples``) bootstraps the permuted levels, each of
-    which costs as much as a model's headline (about 2 s per 1,000 resamples).
+    ``robustness_resamples`` (default: ``n_resamples``) bootstraps the permuted levels.
 
     Every LLM other than ``base_model`` gets its relative improvement over it; the headline is
     ``rl_model``'s average improvement over AUROC and AUPRC (``None`` with a reason when either
