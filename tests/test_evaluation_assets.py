@@ -236,7 +236,9 @@ def generalization_run(evaluation_setup):
     )
     assert experts.success
     _prepare_partition(evaluation_setup, OTHER, seed=3)
-    config = {**LLM_CONFIG, "max_test_patients": 10}
+    # The generalization default: no permuted levels (the per-partition reports hold them).
+    config = {k: v for k, v in LLM_CONFIG.items() if k != "permutation_levels"}
+    config["max_test_patients"] = 10
     result = materialize(
         _evaluation_assets(),
         selection=AssetSelection.assets("generalization_report"),
