@@ -182,6 +182,23 @@ def append_in_place(cache: DynamicCache) -> DynamicCache:
     return cache
 
 
+def extend_cache(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, cached: int, cache: DynamicCache
+) -> None:
+    """Run the columns after the ``cached`` ones, all but the last, into ``cache``: rows are
+    ``cached prefix + padding + tail``, positions come from the mask, so padding in the middle
+    changes nothing. ``generate`` then feeds each row's last token for its first logits."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model(
+        input_ids=ids[:, cached:-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, cached:-1],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+
+
 def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with, leaving each at least one token of its own to feed.
 
@@ -200,7 +217,8 @@ def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class _SharedPrefix:
-    """The KV of the tokens every prompt of a call starts with (batch of one)."""
+    """The KV of the tokens every prompt of a batch starts with (computed with a batch of one,
+    copied into each batch that shares them)."""
 
     tokens: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
@@ -238,15 +256,7 @@ class _SharedPrefix:
         cache = append_in_place(DynamicCache(ddp_cache_data=layers, config=model.config))
         ids, mask = ids.to(device), mask.to(device)
         if width_t > 1:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            model(
-                input_ids=ids[:, width_p:-1],
-                attention_mask=mask[:, :-1],
-                position_ids=positions[:, width_p:-1],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            extend_cache(model, ids, mask, width_p, cache)
         return {"input_ids": ids, "attention_mask": mask, "cache": cache}
 
 
@@ -308,10 +318,10 @@ def generate_batch(
     Prompts are grouped by system message, then by length (little compute wasted on padding).
     Sampling knobs are all explicit (``top_k=0`` means off) so a model's own
     ``generation_config`` defaults, such as Qwen's top_k=20 or repetition penalty, never change
-    results silently. With a ``scaffold``
-    the response tags are forced (``scaffold_steps`` steps, then the final block). With
-    ``prefix_reuse`` the tokens a batch's prompts share (at least ``min_shared_tokens``) are
-    prefilled once per call (see the module docstring); results match plain generation.
+    results silently. With a ``scaffold`` the response tags are forced (``scaffold_steps``
+    steps, then the final block). With ``prefix_reuse`` the tokens a batch's prompts share (at
+    least ``min_shared_tokens``) are prefilled once per call (see the module docstring); results
+    match plain generation.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")

@@ -25,7 +25,12 @@ from transformers import (
     StopStringCriteria,
 )
 
-from eagrl_pipeline.llm.generation import append_in_place, render_prompts, reuse_blocker
+from eagrl_pipeline.llm.generation import (
+    append_in_place,
+    extend_cache,
+    render_prompts,
+    reuse_blocker,
+)
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
@@ -413,15 +418,7 @@ class HFProposer:
         cache = append_in_place(DynamicCache(ddp_cache_data=layers, config=self.model.config))
         ids, mask = ids.to(self.device), mask.to(self.device)
         if width_t > 1:  # extend the cache over all tails but their last token, once per state
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.model(
-                input_ids=ids[:, width_c:-1],
-                attention_mask=mask[:, :-1],
-                position_ids=positions[:, width_c:-1],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            extend_cache(self.model, ids, mask, width_c, cache)
             self.counters.forward_calls += 1
             self.counters.prefill_tokens += sum(len(t) - 1 for t in tails)
         if n > 1:
