@@ -75,15 +75,15 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "icu",
             "chartevents",
+            # Chart rows belong to a stay (stay_id); subject_id, hadm_id and valueuom are left
+            # out: the item map fixes each itemid's unit, and at 100k stays they were about a
+            # fifth of the snapshot's time for columns nothing reads.
             {
-                "subject_id": "BIGINT",
-                "hadm_id": "BIGINT",
                 "stay_id": "BIGINT",
                 "charttime": "TIMESTAMP",
                 "itemid": "INTEGER",
                 "value": "VARCHAR",
                 "valuenum": "DOUBLE",
-                "valueuom": "VARCHAR",
             },
         ),
         TableSpec(

@@ -2,7 +2,7 @@
 -- A view: it is aggregated once, by int_icu_measurements_daily, so a table would only cost I/O.
 {{ config(materialized='view') }}
 
-with events as (
+with events as not materialized (
     select c.stay_id, c.charttime, c.value, c.valuenum, m.feature_id, m.conversion
     from {{ ref('stg_mimic_iv__chartevents') }} as c
     inner join {{ ref('mimic_iv_chart_items') }} as m on m.itemid = c.itemid
