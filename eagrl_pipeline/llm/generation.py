@@ -19,6 +19,7 @@ the whole cache at every decoding step, which on CPU was half of each step's tim
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
+from eagrl_pipeline.llm.sampling import TopKTopPSampler
 
 Conversation = list[dict[str, str]]
 DTypeName = Literal["auto", "bf16", "fp32"]
@@ -64,10 +66,27 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+@functools.cache
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids on).
+
+    There a bf16 matmul runs ~4x faster than fp32 (measured here, 2 threads: 1,111 vs 274
+    GFLOP/s) and SmolLM2's decoding step ~1.8x faster; elsewhere CPU bf16 is emulated and slower
+    than fp32. Linux reports the flag in /proc/cpuinfo; other systems count as without.
+    """
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def resolve_dtype(dtype: DTypeName | str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a bf16-capable GPU and fp32 elsewhere (CPU bf16 is usually slower)."""
+    """``auto`` is bf16 on a bf16-capable GPU or an AMX CPU, fp32 elsewhere (emulated bf16 on
+    other CPUs is slower than fp32)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and bf16_supported(device) else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if bf16_supported(device) else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_amx_bf16() else torch.float32
     if dtype == "fp32":
         return torch.float32
     if dtype == "bf16":
@@ -332,10 +351,10 @@ def generate_batch(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else 1.0,
-        top_p=top_p if do_sample else 1.0,
-        top_k=top_k if do_sample else 50,  # unused when greedy; 50 is what validation expects
+        do_sample=False,  # a sampled draw is TopKTopPSampler's (below): generate takes its argmax
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,  # unused when greedy; 50 is what validation expects
         repetition_penalty=1.0,
         num_beams=1,
         use_cache=True,
@@ -370,6 +389,8 @@ def generate_batch(
                 if scaffold is not None
                 else []
             )
+            if do_sample:
+                guide.append(TopKTopPSampler(temperature, top_p, top_k))
             output = model.generate(**batch, generation_config=config, logits_processor=guide)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         for i, tokens in zip(rows, new_tokens, strict=True):

@@ -32,6 +32,7 @@ from eagrl_pipeline.llm.generation import (
     reuse_blocker,
 )
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
+from eagrl_pipeline.llm.sampling import TopKTopPSampler
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
 STEP_STOPS = ("</Answer>",)
@@ -225,20 +226,29 @@ class HFProposer:
                     out.extend(self._cached(group, n, max_new_tokens, do_sample, rollout, harvest))
         return out
 
-    def _gen_config(self, max_new_tokens: int, do_sample: bool) -> GenerationConfig:
-        c = self.config
+    def _gen_config(self, max_new_tokens: int) -> GenerationConfig:
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=c.temperature if do_sample else 1.0,
-            top_p=c.top_p if do_sample else 1.0,
-            top_k=c.top_k if do_sample else 50,  # 0 = off; unused when greedy
+            do_sample=False,  # a sampled draw is TopKTopPSampler's (_processors)
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,  # unused when greedy
             repetition_penalty=1.0,
             num_beams=1,
             use_cache=True,
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.pad_id,
         )
+
+    def _processors(
+        self, states: Sequence[NodeState], n: int, rollout: bool, do_sample: bool
+    ) -> LogitsProcessorList:
+        """The scaffold (if guided), then the sampler (if sampling): it must come last."""
+        processors = self._guide(states, n, rollout)
+        if do_sample:
+            c = self.config
+            processors.append(TopKTopPSampler(c.temperature, c.top_p, c.top_k))
+        return processors
 
     def _guide(self, states: Sequence[NodeState], n: int, rollout: bool) -> LogitsProcessorList:
         """The scaffold's per-row plans: one step per expansion, a finished answer per rollout."""
@@ -281,9 +291,9 @@ class HFProposer:
         output = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            generation_config=self._gen_config(max_new, do_sample),
+            generation_config=self._gen_config(max_new),
             stopping_criteria=self._stops(states, n, rollout),
-            logits_processor=self._guide(states, n, rollout),
+            logits_processor=self._processors(states, n, rollout, do_sample),
         )
         self.counters.generate_calls += 1
         texts = []
@@ -429,9 +439,9 @@ class HFProposer:
             input_ids=ids,
             attention_mask=mask,
             cache=cache,
-            generation_config=self._gen_config(max_new, do_sample),
+            generation_config=self._gen_config(max_new),
             stopping_criteria=self._stops(states, n, rollout),
-            logits_processor=self._guide(states, n, rollout),
+            logits_processor=self._processors(states, n, rollout, do_sample),
         )
         self.counters.generate_calls += 1
         fed = cache.get_seq_length() - total  # generated tokens whose KV is in the cache
