@@ -105,7 +105,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     flops = matmul_flops()
     bound = flops / (2 * n_params)
-    own = matmul_flops(dtype=model.dtype) if model.dtype != torch.float32 else flops
+    reduced = model.dtype != torch.float32  # then the model's own matmul bound is printed too
+    own = matmul_flops(dtype=model.dtype) if reduced else flops
     own_bound = own / (2 * n_params)
     dtype_name = str(model.dtype).removeprefix("torch.")
     print(
@@ -114,7 +115,7 @@ def main() -> None:
         f"{args.threads} threads; fp32 matmul {flops / 1e9:.1f} GFLOP/s -> bound "
         f"{bound:.0f} tokens/s"
         + (f"; {dtype_name} matmul {own / 1e9:.1f} GFLOP/s -> {own_bound:.0f} tokens/s"
-           if own is not flops else ""),
+           if reduced else ""),
         flush=True,
     )  # fmt: skip
     rows = []
@@ -135,7 +136,7 @@ def main() -> None:
             f"{c.prefill_per_unique_prompt_token:5.2f}  processed {rate:7.0f} tokens/s "
             f"({c.prefill_tokens} prefill + {c.generated_tokens} new) = {rate / bound:5.1%} of "
             f"the fp32 bound"
-            + (f", {rate / own_bound:5.1%} of the {dtype_name} bound" if own is not flops else ""),
+            + (f", {rate / own_bound:5.1%} of the {dtype_name} bound" if reduced else ""),
             flush=True,
         )  # fmt: skip
     (_, fast_s, fast_n), (_, slow_s, slow_n) = rows

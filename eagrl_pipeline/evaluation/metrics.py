@@ -113,8 +113,9 @@ def bootstrap_metrics(
         index = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
         labels = y_true[index]
         both = labels.min(axis=1) != labels.max(axis=1)
+        labels, probs = labels[both], y_prob[index[both]]
         for name in metrics:
-            samples[name] += RESAMPLED[name](labels[both], y_prob[index][both]).tolist()
+            samples[name] += RESAMPLED[name](labels, probs).tolist()
     alpha = (1.0 - confidence) / 2.0
     estimates: dict[str, BootstrapEstimate] = {}
     for name in metrics:
