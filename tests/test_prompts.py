@@ -247,7 +247,7 @@ def test_seed_dictionary_has_the_example_features() -> None:
 
 
 def _cohort_files() -> list[Path]:
-    roots = [os.environ.get("EAGRL_HOME"), REPO / ".eagrl", "/tmp/run_home"]
+    roots = [os.environ.get("EAGRL_HOME"), REPO / ".eagrl"]
     for root in filter(None, roots):
         found = sorted(Path(root).glob("artifacts/cohort_dataset/*-*/visits.parquet"))
         if found:
