@@ -254,3 +254,28 @@ def test_auto_dtype_on_cpu_is_bf16_only_with_amx(monkeypatch, amx: bool) -> None
     assert generation.resolve_dtype("auto", torch.device("cpu")) == expected
     assert generation.resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert generation.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_kv_arena_reuses_its_memory_and_grows_on_demand() -> None:
+    import torch
+
+    from eagrl_pipeline.llm.generation import AppendInPlaceLayer, KVArena
+
+    arena, like = KVArena(), torch.zeros(1, dtype=torch.bfloat16)
+    keys, values = arena.buffers(0, (4, 2, 10, 8), like)
+    assert keys.shape == values.shape == (4, 2, 10, 8) and keys.dtype == torch.bfloat16
+    assert keys.data_ptr() != values.data_ptr()
+    again, _ = arena.buffers(0, (2, 2, 12, 8), like)  # smaller: the same memory
+    assert again.data_ptr() == keys.data_ptr()
+    bigger, _ = arena.buffers(0, (8, 2, 10, 8), like)
+    assert bigger.numel() == 1280 and arena.nbytes >= 2 * 1280 * 2
+    other, _ = arena.buffers(1, (1, 2, 3, 8), like)  # layers do not share
+    assert other.data_ptr() != bigger.data_ptr()
+    # a layer adopting arena buffers appends in place, inside them
+    layer = AppendInPlaceLayer()
+    bigger[:, :, :6] = 1.0
+    layer.adopt(bigger, bigger.clone(), 6)
+    k, _ = layer.update(torch.full((8, 2, 1, 8), 2.0), torch.zeros(8, 2, 1, 8))
+    assert k.shape[2] == 7 and k.data_ptr() == bigger.data_ptr() and torch.all(bigger[:, :, 6] == 2)
+    arena.clear()
+    assert arena.nbytes == 0

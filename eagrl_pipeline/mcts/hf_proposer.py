@@ -7,11 +7,18 @@ its parent, so a later expansion or rollout from that node feeds only the tokens
 lacks (usually one). Rows of different patients are batched by left-padding the cached prefix
 and middle-padding the uncached tail; positions come from the attention mask, so a padded row
 computes what it would alone.
+
+Decoding is bound by reading KV from memory on CPU, so a call's cache is laid out to read
+little: the tokens every row starts with (the partition's system message: ~80 % of a prompt)
+are held once and attended to by all rows together (``eagrl_pipeline.llm.cascade``), each row
+keeps only its own tokens, and those are written straight into a ``KVArena`` that is reused
+from call to call (fresh memory costs page faults at first touch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,8 +32,13 @@ from transformers import (
     StopStringCriteria,
 )
 
+from eagrl_pipeline.llm.cascade import (
+    SharedPrefixLayer,
+    cascade_supported,
+    shared_prefix_attention,
+)
 from eagrl_pipeline.llm.generation import (
-    append_in_place,
+    KVArena,
     extend_cache,
     render_prompts,
     reuse_blocker,
@@ -54,6 +66,8 @@ class HFProposerConfig:
     prefix_cache: PrefixCache = "nodes"
     max_cache_bytes: int = 2 * 2**30  # KV of node deltas kept at once (prompts always kept)
     max_batch_rows: int = 64
+    shared_prefix_attention: bool = True  # CPU: rows read a batch-wide prompt prefix once
+    min_shared_tokens: int = 32
     prefill_batch_size: int = 8
     use_chat_template: bool = True
     guided: bool = False  # force the response tags (see eagrl_pipeline.llm.guided)
@@ -71,6 +85,7 @@ class ProposerCounters:
     unique_prompt_tokens: int = 0  # each patient's prompt counted once per search
     reused_tokens: int = 0  # tokens served from cache instead of being recomputed
     generated_tokens: int = 0  # kept new tokens (up to the stop string or EOS)
+    shared_prefix_calls: int = 0  # generate calls whose rows read one batch-wide prefix
 
     @property
     def prefill_per_unique_prompt_token(self) -> float:
@@ -90,17 +105,27 @@ class _Entry:
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.delta)
 
-    def kv(self) -> KV:
-        if self.parent is None:
-            return self.delta
-        base = self.parent.kv()
-        return [
-            (
-                torch.cat([k[:, : self.parent_len], dk], 1),
-                torch.cat([v[:, : self.parent_len], dv], 1),
-            )
-            for (k, v), (dk, dv) in zip(base, self.delta, strict=True)
-        ]
+    def write_into(self, layers: KV, row: int, start: int, stop: int, skip: int = 0) -> None:
+        """Copy the KV of this entry's tokens ``skip .. stop-1`` into ``layers`` (per layer:
+        keys, values ``[rows, kv_heads, positions, dim]``) at ``row``, from position ``start``."""
+        inherited = min(stop, self.parent_len) if self.parent is not None else 0
+        if inherited > skip:
+            self.parent.write_into(layers, row, start, inherited, skip)
+        first = max(skip, inherited)
+        if stop > first:
+            at = slice(start + first - skip, start + stop - skip)
+            own = slice(first - self.parent_len, stop - self.parent_len)
+            for (k, v), (dk, dv) in zip(layers, self.delta, strict=True):
+                k[row, :, at] = dk[:, own]
+                v[row, :, at] = dv[:, own]
+
+
+def _spread_rows(buffer: torch.Tensor, n_states: int, n: int, length: int) -> None:
+    """Copy row ``i`` of ``buffer`` (first ``length`` positions) to rows ``i*n .. i*n+n-1``,
+    in place: from the last state down, so no source row is overwritten before it is read."""
+    for i in range(n_states - 1, -1, -1):
+        lo = i * n + (1 if i == 0 else 0)  # row 0 is its own first copy
+        buffer[lo : (i + 1) * n, :, :length] = buffer[i : i + 1, :, :length]
 
 
 class _RowStops(StoppingCriteria):
@@ -143,6 +168,8 @@ class HFProposer:
         self._prompt_entries: dict[str, _Entry] = {}
         self._node_entries: dict[str, list[_Entry]] = {}
         self._cached_bytes = 0
+        self.arena = KVArena()
+        self.cascade = self.config.shared_prefix_attention and cascade_supported(model)
 
     # ---- public protocol ------------------------------------------------------------------
 
@@ -368,6 +395,18 @@ class HFProposer:
                 ]
                 self._prompt_entries[key] = _Entry(None, 0, delta, new[key], "")
 
+    def _shared_length(self, bases: Sequence[tuple[_Entry, int]]) -> int:
+        """Cached tokens every row starts with, for cascade attention (0: not worth it). Each
+        row keeps at least one cached token of its own, so no query sees only padding."""
+        if not self.cascade:
+            return 0
+        first = bases[0][0].tokens
+        n = min(used for _, used in bases) - 1
+        for entry, _ in bases[1:]:
+            if entry.tokens[:n] != first[:n]:
+                n = next(i for i in range(n) if entry.tokens[i] != first[i])
+        return n if n >= self.config.min_shared_tokens else 0
+
     def _lookup(self, state: NodeState, response: str) -> _Entry:
         """The cached entry covering the longest prefix of this state's response."""
         best = self._prompt_entries[state.patient_key]
@@ -389,60 +428,90 @@ class HFProposer:
     ) -> list[str]:
         """Generate from cached prefixes: feed only each state's uncached tail."""
         self._prefill_prompts(states)
-        bases: list[tuple[_Entry, int, KV]] = []  # entry, tokens used from it, their KV
+        bases: list[tuple[_Entry, int]] = []  # the entry, and how many of its tokens are used
         tails: list[list[int]] = []
         for s in states:
             response = self._response(s)
             entry = self._lookup(s, response) if self.mode == "nodes" else None
             entry = entry or self._prompt_entries[s.patient_key]
             tail = self._encode(response[len(entry.response_prefix) :])
-            kv, used = entry.kv(), len(entry.tokens)
+            used = len(entry.tokens)
             if not tail:  # the last token must be fed to get the next-token logits
                 used -= 1
                 tail = entry.tokens[used:]
-                kv = [(k[:, :used], v[:, :used]) for k, v in kv]
-            bases.append((entry, used, kv))
+            bases.append((entry, used))
             tails.append(tail)
             self.counters.reused_tokens += used * n
-        n_states = len(states)
-        width_c = max(used for _, used, _ in bases)
+        n_states, rows = len(states), len(states) * n
+        shared = self._shared_length(bases)
+        own_c = max(used for _, used in bases) - shared  # cached positions per row after it
         width_t = max(len(t) for t in tails)
-        total = width_c + width_t
+        width = own_c + width_t  # a row's own positions: cached (left-padded), tail
+        total = shared + width
+        first = bases[0][0]
         ids = torch.full((n_states, total), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n_states, total), dtype=torch.long)
-        layers: KV = []
-        for layer_idx in range(len(bases[0][2])):
-            k0 = bases[0][2][layer_idx][0]
-            shape = (n_states, k0.shape[0], width_c, k0.shape[2])
-            keys = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
-            values = torch.zeros_like(keys)
-            for i, (_, used, kv) in enumerate(bases):
-                keys[i, :, width_c - used :] = kv[layer_idx][0]
-                values[i, :, width_c - used :] = kv[layer_idx][1]
-            layers.append((keys, values))
-        for i, ((entry, used, _), tail) in enumerate(zip(bases, tails, strict=True)):
-            ids[i, width_c - used : width_c] = torch.tensor(entry.tokens[:used], dtype=torch.long)
-            mask[i, width_c - used : width_c] = 1
+        ids[:, :shared] = torch.tensor(first.tokens[:shared], dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, ((entry, used), tail) in enumerate(zip(bases, tails, strict=True)):
+            lo = total - width_t - (used - shared)
+            ids[i, lo : total - width_t] = torch.tensor(entry.tokens[shared:used])
+            mask[i, lo : total - width_t] = 1
             ids[i, total - len(tail) :] = torch.tensor(tail, dtype=torch.long)
             mask[i, total - len(tail) :] = 1
-        cache = append_in_place(DynamicCache(ddp_cache_data=layers, config=self.model.config))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        if width_t > 1:  # extend the cache over all tails but their last token, once per state
-            extend_cache(self.model, ids, mask, width_c, cache)
-            self.counters.forward_calls += 1
-            self.counters.prefill_tokens += sum(len(t) - 1 for t in tails)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-            ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        self.counters.prefill_tokens += n_states * n  # each row's last tail token
-        output = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            cache=cache,
-            generation_config=self._gen_config(max_new),
-            stopping_criteria=self._stops(states, n, rollout),
-            logits_processor=self._processors(states, n, rollout, do_sample),
-        )
+        # The shared prefix's KV is held once (cascade attention); each row's own KV lives in
+        # the arena with room for the new tokens: the states' KV goes in the first n_states
+        # rows (left-padded with zeros), their tails are run in place, then each state's row
+        # is copied to its n rows.
+        like = first.delta[0][0]
+        heads, dim = like.shape[0], like.shape[2]
+        prefix: KV = []
+        if shared:
+            prefix = [
+                (like.new_empty(1, heads, shared, dim), like.new_empty(1, heads, shared, dim))
+                for _ in first.delta
+            ]
+            first.write_into(prefix, 0, 0, shared)
+            prefix = [(k[0], v[0]) for k, v in prefix]
+        layers: KV = [
+            self.arena.buffers(layer, (rows, heads, width + max_new, dim), like)
+            for layer in range(len(first.delta))
+        ]
+        for i, (entry, used) in enumerate(bases):
+            pad = own_c - (used - shared)
+            for k, v in layers:
+                k[i, :, :pad] = 0
+                v[i, :, :pad] = 0
+            entry.write_into(layers, i, pad, used, skip=shared)
+        cache = DynamicCache(config=self.model.config)
+        for index, (k, v) in enumerate(layers):
+            cache.layers[index] = layer = SharedPrefixLayer()
+            layer.prefix_length = shared
+            layer.adopt(k[:n_states], v[:n_states], own_c)
+        attention = shared_prefix_attention(self.model, prefix) if shared else nullcontext()
+        self.counters.shared_prefix_calls += bool(shared)
+        with attention:
+            if width_t > 1:  # the tails but their last token, once per state
+                extend_cache(self.model, ids, mask, shared + own_c, cache)
+                self.counters.forward_calls += 1
+                self.counters.prefill_tokens += sum(len(t) - 1 for t in tails)
+            if n > 1:
+                for k, v in layers:
+                    _spread_rows(k, n_states, n, width - 1)
+                    _spread_rows(v, n_states, n, width - 1)
+                ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+            for layer, (k, v) in zip(cache.layers, layers, strict=True):
+                layer.adopt(k, v, width - 1)
+            self.counters.prefill_tokens += rows  # each row's last tail token
+            output = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                cache=cache,
+                generation_config=self._gen_config(max_new),
+                stopping_criteria=self._stops(states, n, rollout),
+                logits_processor=self._processors(states, n, rollout, do_sample),
+            )
         self.counters.generate_calls += 1
         fed = cache.get_seq_length() - total  # generated tokens whose KV is in the cache
         texts = []
@@ -451,7 +520,7 @@ class HFProposer:
             text, kept, tokens = self._cut(row, rollout or state.force_final)
             texts.append(self._with_prefix(state, text))
             if harvest and not state.force_final and not is_terminal(text):
-                entry, used, _ = bases[r // n]
+                entry, used = bases[r // n]
                 self._store(
                     state,
                     entry,
@@ -461,7 +530,7 @@ class HFProposer:
                     text,
                     cache,
                     r,
-                    total,
+                    width,
                 )
         return texts
 
@@ -475,9 +544,10 @@ class HFProposer:
         text: str,
         cache: DynamicCache,
         row: int,
-        total: int,
+        width: int,
     ) -> None:
-        """Keep a new step's KV (tail + its tokens) as a delta on the entry it grew from."""
+        """Keep a new step's KV (tail + its tokens) as a delta on the entry it grew from;
+        ``width`` is where the row's generated tokens start in the cache's own positions."""
         m = len(new_tokens)
         while m > 0 and not text.startswith(self._decode(new_tokens[:m])):
             m -= 1  # the last token may run past the stop string; keep only covered ones
@@ -485,7 +555,7 @@ class HFProposer:
         per_token = sum(2 * layer.keys[row, :, 0].nbytes for layer in cache.layers)
         if m == 0 or self._cached_bytes + n_delta * per_token > self.config.max_cache_bytes:
             return
-        lo = total - len(tail)
+        lo = width - len(tail)
         delta = [
             (
                 layer.keys[row, :, lo : lo + n_delta].clone(),
