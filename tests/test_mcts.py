@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,19 +137,46 @@ def test_too_few_simulations_cannot_reach_depth() -> None:
     assert result.stats.rollout_requests <= 2 * 2
 
 
-def test_lockstep_one_call_per_wave_and_determinism() -> None:
-    config = MCTSConfig(n_simulations=12, branching=3, max_depth=2, seed=3)
+@pytest.mark.parametrize("siblings", [False, True])
+def test_lockstep_one_call_per_wave_and_determinism(siblings: bool) -> None:
+    config = MCTSConfig(n_simulations=12, branching=3, max_depth=2, seed=3,
+                        simulate_siblings=siblings)  # fmt: skip
     proposer = FakeProposer()
     results = run_search(PATIENTS[:4], proposer, FakeScorer(), config)
     assert len(proposer.expand_calls) <= config.n_simulations
     assert len(proposer.rollout_calls) <= config.n_simulations
     assert max(len(c) for c in proposer.expand_calls) == 4  # all trees share a wave's call
-    assert max(len(c) for c in proposer.rollout_calls) == 4
+    # one rollout per tree and wave, or a fresh expansion's k - 1 unfinished steps at once
+    assert max(len(c) for c in proposer.rollout_calls) == (8 if siblings else 4)
+    assert all(r.stats.simulations == 12 for r in results)
     assert [r.patient_key for r in results] == ["p0", "p1", "p2", "p3"]
     again = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(), config)
     assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
-    other = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(), MCTSConfig(12, 3, 2, seed=4))
+    other = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(),
+                       MCTSConfig(12, 3, 2, seed=4, simulate_siblings=siblings))  # fmt: skip
     assert [r.to_dict() for r in other] != [r.to_dict() for r in results]
+
+
+def test_siblings_are_simulated_in_one_wave_within_the_budget() -> None:
+    """A fresh expansion's children are all simulated in its wave, but never past the budget;
+    on a one-level tree this is the same search as one child per wave, in fewer waves."""
+    config = MCTSConfig(n_simulations=2, branching=3, max_depth=1)
+    proposer = FakeProposer()
+    [capped] = run_search(PATIENTS[:1], proposer, FakeScorer(), config)
+    assert capped.stats.simulations == 2 and len(proposer.expand_calls) == 1
+    assert [len(c) for c in proposer.rollout_calls] == [2]  # children A and B, not the final
+    config = MCTSConfig(n_simulations=3, branching=3, max_depth=1, top_k_trajectories=10)
+    one_by_one = FakeProposer()
+    [plain] = run_search(PATIENTS[:1], one_by_one, FakeScorer(),
+                         replace(config, simulate_siblings=False))  # fmt: skip
+    together = FakeProposer()
+    [batched] = run_search(PATIENTS[:1], together, FakeScorer(), config)
+    assert len(together.rollout_calls) == 1 < len(one_by_one.rollout_calls) == 2
+    # the same nodes simulated (a rollout's sampled probability depends on its wave's seed)
+    visited = {(t.source, tuple(t.steps)) for t in batched.trajectories}
+    assert visited == {(t.source, tuple(t.steps)) for t in plain.trajectories}
+    assert len(visited) == 3
+    assert batched.stats.simulations == plain.stats.simulations == 3
 
 
 def test_resume_skips_finished_patients_and_matches_uninterrupted(tmp_path: Path) -> None:

@@ -80,7 +80,14 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class MCTSConfig:
-    """Search knobs; ``max_depth`` is the number of steps after which a final block is forced."""
+    """Search knobs; ``max_depth`` is the number of steps after which a final block is forced.
+
+    ``n_simulations`` is each tree's budget. With ``simulate_siblings`` a wave that reaches an
+    unvisited node (every child of a fresh expansion is one) also simulates its unvisited
+    siblings, up to the budget, in the same batched call: UCT visits an unvisited child before
+    comparing any, so those simulations would come next anyway when the node is reselected;
+    batching them fills the wave's ``generate`` call and takes fewer waves.
+    """
 
     n_simulations: int = 16
     branching: int = 3
@@ -90,6 +97,7 @@ class MCTSConfig:
     top_k_trajectories: int = 2
     min_reward: float = 0.0
     seed: int = 0
+    simulate_siblings: bool = True
 
     def __post_init__(self) -> None:
         if self.n_simulations < 1 or self.branching < 1 or self.rollouts_per_leaf < 1:
@@ -296,16 +304,26 @@ def _result(tree: _Tree, config: MCTSConfig) -> SearchResult:
 def _run_wave(
     trees: list[_Tree], proposer: Proposer, scorer: Scorer, config: MCTSConfig, wave: int
 ) -> None:
-    """One simulation per tree: select, one batched expand, one batched rollout, backprop."""
+    """A simulation per tree (or a leaf and its unvisited siblings): select, one batched
+    expand, one batched rollout, backprop."""
     sims: list[tuple[_Tree, _Node]] = []
     to_expand: list[tuple[_Tree, _Node]] = []
+
+    def simulate(tree: _Tree, node: _Node) -> None:
+        """``node`` and, with ``simulate_siblings``, its next unvisited siblings."""
+        budget = config.n_simulations - tree.simulations if config.simulate_siblings else 1
+        siblings = node.parent.children if node.parent is not None else [node]
+        start = siblings.index(node)
+        batch = [node] + [s for s in siblings[start + 1 :] if s.visits == 0]
+        sims.extend((tree, s) for s in batch[: max(budget, 1)])
+
     for tree in trees:
         leaf = _select(tree, config.uct_c)
         needs_children = not leaf.expanded and (leaf is tree.root or leaf.visits > 0)
         if not leaf.terminal and needs_children:
             to_expand.append((tree, leaf))
         else:
-            sims.append((tree, leaf))
+            simulate(tree, leaf)
     if to_expand:
         states = [tree.state(node, config.max_depth) for tree, node in to_expand]
         proposals = proposer.expand(states, config.branching, _wave_seed(config.seed, wave, 1))
@@ -314,7 +332,7 @@ def _run_wave(
         for (tree, node), state, cands in zip(to_expand, states, proposals, strict=True):
             tree.expand_requests += 1
             _add_children(tree, node, cands, state.force_final)
-            sims.append((tree, node.children[0] if node.children else node))
+            simulate(tree, node.children[0] if node.children else node)
     to_roll = [(tree, node) for tree, node in sims if not node.terminal]
     roll_states = [
         tree.state(node, config.max_depth)
@@ -358,15 +376,18 @@ def run_search(
 
     Each wave does one selection per tree, then ONE batched ``expand`` call for all leaves that
     need children and ONE batched ``rollout`` call for all simulations, then scoring and
-    backpropagation. Deterministic for a seed and a given patient batch.
+    backpropagation; waves run until every tree has spent its ``n_simulations``.
+    Deterministic for a seed and a given patient batch.
     """
     keys = [p.key for p in patients]
     if len(set(keys)) != len(keys):
         raise ValueError("patient keys must be unique")
     trees = [_Tree(p, _Node("", 0, None, terminal=False)) for p in patients]
     try:
-        for wave in range(config.n_simulations):
-            _run_wave(trees, proposer, scorer, config, wave)
+        wave = 0
+        while active := [t for t in trees if t.simulations < config.n_simulations]:
+            _run_wave(active, proposer, scorer, config, wave)
+            wave += 1
     finally:  # free proposer caches even when a wave fails
         release = getattr(proposer, "release", None)
         if callable(release):
