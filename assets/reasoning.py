@@ -265,6 +265,11 @@ class TrajectoriesConfig(Config):
     branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
     max_depth: int = Field(default=1, description="Steps before the final block is forced.")
     uct_c: float = Field(default=1.414, description="UCT exploration constant.")
+    simulate_siblings: bool = Field(
+        default=True,
+        description="Simulate a fresh expansion's children in the same batched wave (within "
+        "the budget) rather than one per wave.",
+    )
     top_k_trajectories: int = Field(default=2, description="Trajectories kept per patient.")
     min_reward: float | None = Field(
         default=None,
@@ -389,6 +394,7 @@ def mcts_trajectories(
         branching=config.branching,
         max_depth=config.max_depth,
         uct_c=config.uct_c,
+        simulate_siblings=config.simulate_siblings,
         top_k_trajectories=config.top_k_trajectories,
         seed=config.seed,
     )
