@@ -148,9 +148,18 @@ def test_shared_prefix_is_prefilled_once_and_matches_plain_generation(tiny, monk
         return original(cls, model, tokens)
 
     monkeypatch.setattr(generation._SharedPrefix, "prefill", classmethod(counting))
+    cascades: list[int] = []  # on CPU the rows attend to the prefix's one copy
+    attend = generation.shared_prefix_attention
+
+    def counting_attention(model, prefix_kv):
+        cascades.append(prefix_kv[0][0].shape[1])
+        return attend(model, prefix_kv)
+
+    monkeypatch.setattr(generation, "shared_prefix_attention", counting_attention)
     kwargs = {"max_new_tokens": 12, "batch_size": 2}
     reused = generate_batch(model, tokenizer, SHARED, **kwargs)
     assert len(prefilled) == 1 and prefilled[0] >= 32  # once for both batches
+    assert cascades and set(cascades) == {prefilled[0] - 1}
     plain = generate_batch(model, tokenizer, SHARED, prefix_reuse=False, **kwargs)
     assert len(prefilled) == 1
     assert reused == plain

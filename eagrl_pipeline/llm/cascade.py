@@ -9,7 +9,7 @@ and on CPU that stream is most of the step (measured on the 2-core VM: SDPA 4.1 
 in one call (one K/V, all queries: a large, efficient block) and to their own keys in another;
 the two partial results are merged exactly by their log-sum-exp weights.
 
-The parts: :class:`SharedPrefixLayer` is a cache layer that holds only a row's own keys but
+The parts: ``kv_cache.SharedPrefixLayer`` is a cache layer that holds only a row's own keys but
 reports the prefix in its length (so positions and masks cover it), :func:`cascade_attention`
 is registered with transformers as the ``CASCADE`` attention implementation (it falls back to
 SDPA for any module without a prefix attached), and :func:`shared_prefix_attention` switches a
@@ -28,20 +28,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from eagrl_pipeline.llm.generation import AppendInPlaceLayer
-
 CASCADE = "eagrl_cascade_sdpa"
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-class SharedPrefixLayer(AppendInPlaceLayer):
-    """Per-row keys and values after a prefix of ``prefix_length`` tokens kept elsewhere; its
-    length counts the prefix, so generation positions and attention masks span it."""
-
-    prefix_length: int = 0
-
-    def get_seq_length(self) -> int:
-        return self.prefix_length + super().get_seq_length()
 
 
 def cascade_attention(

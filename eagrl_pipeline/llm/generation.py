@@ -12,15 +12,15 @@ their token ids) and copied into the batch; each row then feeds only its own tai
 the prefix with padding in the middle and positions taken from the attention mask, so a row
 computes what it would alone (prefill drops by the prefix's share; see ``benchmarks/mcts.py``).
 
-The KV cache appends in place (``AppendInPlaceLayer``): transformers' ``DynamicLayer`` concatenates
-the whole cache at every decoding step, which on CPU was half of each step's time with
-~900-token prompts (measured: 186 -> 141 ms per step for 16 rows of SmolLM2-135M, 2 threads).
+The KV cache appends in place (``eagrl_pipeline.llm.kv_cache``), and on CPU the shared prefix is
+not copied into the rows at all: the rows attend to its one copy (``eagrl_pipeline.llm.cascade``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +35,30 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
+from eagrl_pipeline.llm.kv_cache import (
+    AppendInPlaceLayer,
+    KVArena,
+    SharedPrefixLayer,
+    append_in_place,
+    extend_cache,
+)
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
+
+__all__ = [
+    "AppendInPlaceLayer",
+    "GenerationResult",
+    "KVArena",
+    "SharedPrefixLayer",
+    "append_in_place",
+    "extend_cache",
+    "generate_batch",
+    "load_model",
+    "render_prompts",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 Conversation = list[dict[str, str]]
 DTypeName = Literal["auto", "bf16", "fp32"]
@@ -145,129 +167,6 @@ def reuse_blocker(model: Any) -> str | None:
     return None
 
 
-class AppendInPlaceLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values are views of a buffer with spare room, so a
-    decoding step writes its new entries in place instead of copying the whole cache.
-
-    The buffer doubles when full; an operation that replaces the tensors (batch repeat,
-    selection, crop) is noticed by the data pointer and the next update starts a new buffer.
-    Results are identical to ``DynamicLayer``'s.
-    """
-
-    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n_old = self.keys.shape[-2] if self.keys.numel() else 0
-        n_new = n_old + key_states.shape[-2]
-        buffers = self._buffers
-        if (
-            buffers is None
-            or buffers[0].shape[:2] != key_states.shape[:2]
-            or buffers[0].shape[-2] < n_new
-            or (n_old and self.keys.data_ptr() != buffers[0].data_ptr())
-        ):
-            capacity = n_new + max(n_new, 64)
-            keys = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
-            values = value_states.new_empty(
-                (*value_states.shape[:2], capacity, value_states.shape[-1])
-            )
-            if n_old:
-                keys[..., :n_old, :] = self.keys
-                values[..., :n_old, :] = self.values
-            self._buffers = buffers = (keys, values)
-        buffers[0][..., n_old:n_new, :] = key_states
-        buffers[1][..., n_old:n_new, :] = value_states
-        self.keys = buffers[0][..., :n_new, :]
-        self.values = buffers[1][..., :n_new, :]
-        return self.keys, self.values
-
-    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        """Hold buffers whose first ``length`` positions (dim -2) the caller already wrote; the
-        rest is spare room for later updates."""
-        self.device, self.is_initialized = keys.device, True
-        self._buffers = (keys, values)
-        self.keys, self.values = keys[..., :length, :], values[..., :length, :]
-
-    def reset(self) -> None:
-        self._buffers = None
-        super().reset()
-
-
-class KVArena:
-    """Storage for batched KV caches that outlives one ``generate`` call: per layer one pair of
-    flat buffers, handed out as views of the requested shape and grown when a call needs more.
-
-    Why: fresh memory costs a page fault per 4 KiB page at first touch. On the 2-core CPU VM
-    these benchmarks ran on, writing new memory ran at 4 GB/s against 13 GB/s for memory
-    touched before, and each MCTS wave's cache (about 0.8 GB for 64 rows of 560 tokens of
-    SmolLM2) was new memory, rebuilt in three copies. The proposer builds every call's cache
-    straight into the arena. It keeps the largest batch's cache alive between calls;
-    :meth:`clear` gives it back.
-    """
-
-    def __init__(self, headroom: float = 1.25):
-        self.headroom = headroom
-        self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def buffers(
-        self, layer: int, shape: tuple[int, ...], like: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values buffers of ``shape`` for ``layer``, with ``like``'s dtype and device.
-        Their contents are whatever an earlier call left: callers write before reading."""
-        numel = 1
-        for size in shape:
-            numel *= size
-        while len(self._layers) <= layer:
-            self._layers.append((like.new_empty(0), like.new_empty(0)))
-        keys, values = self._layers[layer]
-        if keys.numel() < numel or keys.dtype != like.dtype or keys.device != like.device:
-            self._layers[layer] = (like.new_empty(0), like.new_empty(0))  # free before growing
-            del keys, values
-            grown = int(numel * self.headroom)
-            keys, values = like.new_empty(grown), like.new_empty(grown)
-            self._layers[layer] = (keys, values)
-        return keys[:numel].view(shape), values[:numel].view(shape)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self._layers)
-
-    def clear(self) -> None:
-        self._layers = []
-
-
-def append_in_place(cache: DynamicCache) -> DynamicCache:
-    """``cache`` with its plain ``DynamicLayer``s swapped for ``AppendInPlaceLayer``s holding
-    the same tensors (other layer kinds, e.g. sliding windows, are left as they are)."""
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            grown = AppendInPlaceLayer()
-            grown.__dict__.update(layer.__dict__)
-            cache.layers[i] = grown
-    return cache
-
-
-def extend_cache(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, cached: int, cache: DynamicCache
-) -> None:
-    """Run the columns after the ``cached`` ones, all but the last, into ``cache``: rows are
-    ``cached prefix + padding + tail``, positions come from the mask, so padding in the middle
-    changes nothing. ``generate`` then feeds each row's last token for its first logits."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    model(
-        input_ids=ids[:, cached:-1],
-        attention_mask=mask[:, :-1],
-        position_ids=positions[:, cached:-1],
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-
-
 def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with, leaving each at least one token of its own to feed.
 
@@ -286,8 +185,10 @@ def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class _SharedPrefix:
-    """The KV of the tokens every prompt of a batch starts with (computed with a batch of one,
-    copied into each batch that shares them)."""
+    """The KV of the tokens every prompt of a batch starts with (computed with a batch of one).
+    With ``cascade`` the rows attend to this one copy, keeping only its last token as their own
+    (so every row has a real key of its own before any padding); otherwise it is copied into
+    each row."""
 
     tokens: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
@@ -304,11 +205,20 @@ class _SharedPrefix:
         )
         return cls(tokens, [(layer.keys, layer.values) for layer in cache.layers])
 
+    def attention(self, model: Any, cascade: bool) -> AbstractContextManager[None]:
+        """Where the rows' attention reads this prefix from: its one copy, or their own."""
+        if not cascade:
+            return nullcontext()
+        return shared_prefix_attention(
+            model, [(k[0, :, :-1], v[0, :, :-1]) for k, v in self.layers]
+        )
+
     def batch_inputs(
-        self, model: Any, tails: Sequence[Sequence[int]], pad_id: int
+        self, model: Any, tails: Sequence[Sequence[int]], pad_id: int, cascade: bool
     ) -> dict[str, Any]:
         """``generate`` inputs for rows ``prefix + padding + tail``, the cache filled up to each
-        row's last token (which ``generate`` feeds to get the first logits)."""
+        row's last token (which ``generate`` feeds to get the first logits); with ``cascade``
+        run ``generate`` inside :meth:`attention`."""
         device = next(model.parameters()).device
         n, width_p, width_t = len(tails), len(self.tokens), max(len(t) for t in tails)
         ids = torch.full((n, width_p + width_t), pad_id, dtype=torch.long)
@@ -318,14 +228,17 @@ class _SharedPrefix:
         for i, tail in enumerate(tails):
             ids[i, ids.shape[1] - len(tail) :] = torch.tensor(tail)
             mask[i, ids.shape[1] - len(tail) :] = 1
-        layers = [
-            (k.expand(n, -1, -1, -1).clone(), v.expand(n, -1, -1, -1).clone())
-            for k, v in self.layers
-        ]
-        cache = append_in_place(DynamicCache(ddp_cache_data=layers, config=model.config))
+        own = 1 if cascade else width_p  # prefix positions each row holds itself
+        cache = DynamicCache(config=model.config)
+        for index, (k, v) in enumerate(self.layers):
+            cache.layers[index] = layer = SharedPrefixLayer()
+            layer.prefix_length = width_p - own
+            rows_k = k[:, :, width_p - own :].expand(n, -1, -1, -1).clone()
+            layer.adopt(rows_k, v[:, :, width_p - own :].expand(n, -1, -1, -1).clone(), own)
         ids, mask = ids.to(device), mask.to(device)
         if width_t > 1:
-            extend_cache(model, ids, mask, width_p, cache)
+            with self.attention(model, cascade):
+                extend_cache(model, ids, mask, width_p, cache)
         return {"input_ids": ids, "attention_mask": mask, "cache": cache}
 
 
@@ -414,6 +327,7 @@ def generate_batch(
     device = next(model.parameters()).device
     prefixes: dict[tuple[int, ...], _SharedPrefix] = {}
     in_place = reuse_blocker(model) is None
+    cascade = in_place and cascade_supported(model)
     results: dict[int, GenerationResult] = {}
     for b, rows in enumerate(_batches(prompts, encoded, batch_size)):
         shared = 0
@@ -423,7 +337,8 @@ def generate_batch(
             prefix = prefixes.get(key := tuple(encoded[rows[0]][:shared]))
             if prefix is None:
                 prefix = prefixes[key] = _SharedPrefix.prefill(model, list(key))
-            batch = prefix.batch_inputs(model, [encoded[i][shared:] for i in rows], pad_id)
+            batch = prefix.batch_inputs(model, [encoded[i][shared:] for i in rows], pad_id, cascade)
+            attention = prefix.attention(model, cascade)
         else:
             batch = dict(
                 tokenizer.pad(
@@ -432,6 +347,7 @@ def generate_batch(
             )
             if in_place:
                 batch["cache"] = append_in_place(DynamicCache(config=model.config))
+            attention = nullcontext()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + b)
             guide = LogitsProcessorList(
@@ -441,7 +357,8 @@ def generate_batch(
             )
             if do_sample:
                 guide.append(TopKTopPSampler(temperature, top_p, top_k))
-            output = model.generate(**batch, generation_config=config, logits_processor=guide)
+            with attention:
+                output = model.generate(**batch, generation_config=config, logits_processor=guide)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         for i, tokens in zip(rows, new_tokens, strict=True):
             stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)

@@ -32,18 +32,10 @@ from transformers import (
     StopStringCriteria,
 )
 
-from eagrl_pipeline.llm.cascade import (
-    SharedPrefixLayer,
-    cascade_supported,
-    shared_prefix_attention,
-)
-from eagrl_pipeline.llm.generation import (
-    KVArena,
-    extend_cache,
-    render_prompts,
-    reuse_blocker,
-)
+from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
+from eagrl_pipeline.llm.generation import render_prompts, reuse_blocker
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
+from eagrl_pipeline.llm.kv_cache import KVArena, SharedPrefixLayer, extend_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
