@@ -288,3 +288,21 @@ def test_kv_arena_reuses_its_memory_and_grows_on_demand() -> None:
     assert k.shape[2] == 7 and k.data_ptr() == bigger.data_ptr() and torch.all(bigger[:, :, 6] == 2)
     arena.clear()
     assert arena.nbytes == 0
+
+
+def test_shared_prefix_cascade_reaches_a_peft_wrapped_model(tiny_dir: Path) -> None:
+    """Evaluation generates through LoRA adapters: the attention switch must reach the base
+    model's layers (a missed switch would silently drop the prefix from every row)."""
+    from peft import LoraConfig, get_peft_model
+
+    from eagrl_pipeline.llm import generation
+
+    model, tokenizer = load_model(tiny_dir, device="cpu", dtype="fp32")  # a private copy
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(model, lora)
+    assert generation.cascade_supported(wrapped)
+    reused = generate_batch(wrapped, tokenizer, SHARED, max_new_tokens=10, batch_size=3)
+    plain = generate_batch(
+        wrapped, tokenizer, SHARED, max_new_tokens=10, batch_size=3, prefix_reuse=False
+    )
+    assert reused == plain
