@@ -231,7 +231,7 @@ def test_append_in_place_layer_matches_dynamic_layer() -> None:
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from eagrl_pipeline.llm.generation import AppendInPlaceLayer
+    from eagrl_pipeline.llm.kv_cache import AppendInPlaceLayer
 
     torch.manual_seed(0)
     plain, grown = DynamicLayer(), AppendInPlaceLayer()
@@ -268,7 +268,7 @@ def test_auto_dtype_on_cpu_is_bf16_only_with_amx(monkeypatch, amx: bool) -> None
 def test_kv_arena_reuses_its_memory_and_grows_on_demand() -> None:
     import torch
 
-    from eagrl_pipeline.llm.generation import AppendInPlaceLayer, KVArena
+    from eagrl_pipeline.llm.kv_cache import AppendInPlaceLayer, KVArena
 
     arena, like = KVArena(), torch.zeros(1, dtype=torch.bfloat16)
     keys, values = arena.buffers(0, (4, 2, 10, 8), like)

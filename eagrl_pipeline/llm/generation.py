@@ -37,28 +37,8 @@ from transformers.cache_utils import DynamicLayer
 
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
-from eagrl_pipeline.llm.kv_cache import (
-    AppendInPlaceLayer,
-    KVArena,
-    SharedPrefixLayer,
-    append_in_place,
-    extend_cache,
-)
+from eagrl_pipeline.llm.kv_cache import append_in_place, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
-
-__all__ = [
-    "AppendInPlaceLayer",
-    "GenerationResult",
-    "KVArena",
-    "SharedPrefixLayer",
-    "append_in_place",
-    "extend_cache",
-    "generate_batch",
-    "load_model",
-    "render_prompts",
-    "resolve_device",
-    "resolve_dtype",
-]
 
 Conversation = list[dict[str, str]]
 DTypeName = Literal["auto", "bf16", "fp32"]
@@ -229,12 +209,14 @@ class _SharedPrefix:
             ids[i, ids.shape[1] - len(tail) :] = torch.tensor(tail)
             mask[i, ids.shape[1] - len(tail) :] = 1
         own = 1 if cascade else width_p  # prefix positions each row holds itself
-        cache = DynamicCache(config=model.config)
-        for index, (k, v) in enumerate(self.layers):
-            cache.layers[index] = layer = SharedPrefixLayer()
-            layer.prefix_length = width_p - own
-            rows_k = k[:, :, width_p - own :].expand(n, -1, -1, -1).clone()
-            layer.adopt(rows_k, v[:, :, width_p - own :].expand(n, -1, -1, -1).clone(), own)
+        rows = [
+            (
+                k[:, :, width_p - own :].expand(n, -1, -1, -1).clone(),
+                v[:, :, width_p - own :].expand(n, -1, -1, -1).clone(),
+            )
+            for k, v in self.layers
+        ]
+        cache = shared_prefix_cache(model.config, rows, own, width_p - own)
         ids, mask = ids.to(device), mask.to(device)
         if width_t > 1:
             with self.attention(model, cascade):

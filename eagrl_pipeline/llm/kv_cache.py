@@ -147,3 +147,19 @@ class SharedPrefixLayer(AppendInPlaceLayer):
 
     def get_seq_length(self) -> int:
         return self.prefix_length + super().get_seq_length()
+
+
+def shared_prefix_cache(
+    config: Any,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    length: int,
+    prefix_length: int = 0,
+) -> DynamicCache:
+    """A cache whose layers adopt ``layers``' buffers (first ``length`` positions written, the
+    rest spare room), after a prefix of ``prefix_length`` tokens held elsewhere (0: none)."""
+    cache = DynamicCache(config=config)
+    for index, (keys, values) in enumerate(layers):
+        cache.layers[index] = layer = SharedPrefixLayer()
+        layer.prefix_length = prefix_length
+        layer.adopt(keys, values, length)
+    return cache

@@ -35,7 +35,7 @@ from transformers import (
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
 from eagrl_pipeline.llm.generation import render_prompts, reuse_blocker
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
-from eagrl_pipeline.llm.kv_cache import KVArena, SharedPrefixLayer, extend_cache
+from eagrl_pipeline.llm.kv_cache import KVArena, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
 
@@ -476,11 +476,8 @@ class HFProposer:
                 k[i, :, :pad] = 0
                 v[i, :, :pad] = 0
             entry.write_into(layers, i, pad, used, skip=shared)
-        cache = DynamicCache(config=self.model.config)
-        for index, (k, v) in enumerate(layers):
-            cache.layers[index] = layer = SharedPrefixLayer()
-            layer.prefix_length = shared
-            layer.adopt(k[:n_states], v[:n_states], own_c)
+        states_rows = [(k[:n_states], v[:n_states]) for k, v in layers]
+        cache = shared_prefix_cache(self.model.config, states_rows, own_c, shared)
         attention = shared_prefix_attention(self.model, prefix) if shared else nullcontext()
         self.counters.shared_prefix_calls += bool(shared)
         with attention:
