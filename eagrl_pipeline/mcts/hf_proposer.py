@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
-from eagrl_pipeline.llm.generation import render_prompts, reuse_blocker
+from eagrl_pipeline.llm.generation import render_prompts, reuse_blocker, shared_prefix_length
 from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
 from eagrl_pipeline.llm.kv_cache import KVArena, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
@@ -392,11 +392,7 @@ class HFProposer:
         row keeps at least one cached token of its own, so no query sees only padding."""
         if not self.cascade:
             return 0
-        first = bases[0][0].tokens
-        n = min(used for _, used in bases) - 1
-        for entry, _ in bases[1:]:
-            if entry.tokens[:n] != first[:n]:
-                n = next(i for i in range(n) if entry.tokens[i] != first[i])
+        n = shared_prefix_length([entry.tokens[:used] for entry, used in bases])
         return n if n >= self.config.min_shared_tokens else 0
 
     def _lookup(self, state: NodeState, response: str) -> _Entry:
