@@ -18,7 +18,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install manifest run test dev mlflow lint bench clean
+.PHONY: install manifest run test dev mlflow lint bench study clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ lint: install
 bench: manifest
 	$(BIN)/python -m benchmarks.warehouse
 	$(BIN)/python -m benchmarks.experts
+
+# The learning study on the real TJH file (not in the repo): TJH=/path/to/file.xlsx to override.
+study: manifest
+	$(BIN)/python -m benchmarks.learning $(if $(TJH),--tjh $(TJH))
 
 clean:
 	rm -rf dbt_project/target dbt_project/logs

@@ -24,13 +24,14 @@ from dagster import (
 from pydantic import Field, field_validator
 
 from assets.experts import _load_cohort
-from assets.partitions import cohort_partitions, split_partition
-from assets.reasoning import (
+from assets.llm_inputs import (
+    ScaffoldCaps,
     expert_top_features,
     feature_dictionary,
     feature_matcher,
     sample_patients,
 )
+from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.evaluation.predictions import (
     GenerationSettings,
@@ -59,13 +60,13 @@ GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortali
 
 class LLMEvaluationConfig(Config):
     max_test_patients: int | None = Field(
-        default=10,
+        default=40,
         ge=1,
         description="Test patients the LLMs answer: a seeded, label-stratified sample (empty: "
         "the whole test split). CPU default, since generation is slow there; use all on a GPU.",
     )
     sample_seed: int = Field(default=0, description="Seed of the test-patient sample.")
-    max_new_tokens: int = Field(default=128, description="Generated tokens per answer.")
+    max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
     batch_size: int = Field(
         default=32,
         description="Prompts per generate call (all of a model's CPU-default prompts in one call: "
@@ -77,6 +78,15 @@ class LLMEvaluationConfig(Config):
         "model's; see eagrl_pipeline.llm.guided). Off measures unaided format-following.",
     )
     guided_steps: int = Field(default=1, ge=0, description="Guided: steps before the final block.")
+    scaffold: ScaffoldCaps = Field(
+        default_factory=ScaffoldCaps, description="Guided: per-tag token caps."
+    )
+    readout: str = Field(
+        default="expected",
+        description="'expected': an answer's probability is the expectation under the model's "
+        "distribution at its first digit (guided only; the greedy text is that distribution's "
+        "mode); 'text': the number written. Both are kept in llm_predictions.parquet.",
+    )
     permutation_levels: list[float] = Field(
         default=list(PERMUTATION_LEVELS),
         description="Shares of features whose order is permuted for the robustness curves.",
@@ -95,6 +105,13 @@ class LLMEvaluationConfig(Config):
         default=0.5, ge=0.0, le=1.0, description="Probability an unparsed answer is scored at."
     )
 
+    @field_validator("readout")
+    @classmethod
+    def _known_readout(cls, value: str) -> str:
+        if value not in ("expected", "text"):
+            raise ValueError(f"readout {value!r}: use 'expected' or 'text'")
+        return value
+
     @field_validator("permutation_levels")
     @classmethod
     def _levels_in_range(cls, value: list[float]) -> list[float]:
@@ -109,6 +126,8 @@ class LLMEvaluationConfig(Config):
             seed=self.sample_seed,
             guided=self.guided,
             guided_steps=self.guided_steps,
+            scaffold=self.scaffold.scaffold(),
+            readout=self.readout,  # type: ignore[arg-type]
         )
 
     def decoding_note(self) -> str:
@@ -118,9 +137,15 @@ class LLMEvaluationConfig(Config):
             if self.guided
             else "off: unaided format-following"
         )
+        readout = (
+            "the expectation of the probability it writes, under its own distribution at the "
+            "answer's first digit (the greedy text is that distribution's mode)"
+            if self.readout == "expected" and self.guided
+            else "the number it writes"
+        )
         return (
             f"LLM decoding: greedy, at most {self.max_new_tokens} new tokens; guided decoding "
-            f"{guided}."
+            f"{guided}. An answer's probability is {readout}."
         )
 
 
@@ -238,6 +263,18 @@ def answer_prompts(
             f"{n} answers in {time.monotonic() - started:.1f}s"
         )
     return out
+
+
+def _unpermutable_note(sets: Mapping[float, PromptSet]) -> list[str]:
+    """A report note naming the patients whose prompts had no feature order to permute."""
+    stuck = sorted({str(p) for s in sets.values() for p in s.unpermutable})
+    if not stuck:
+        return []
+    return [
+        f"Robustness: {len(stuck)} patient(s) show fewer than two feature lines, so their "
+        "prompts have no order to permute; they are scored on their unchanged prompts at every "
+        f"level (unpermutable: {', '.join(stuck[:20])}{' ...' if len(stuck) > 20 else ''})."
+    ]
 
 
 def _prompt_sets(prompts: PromptSet, config: LLMEvaluationConfig) -> dict[float, PromptSet]:
@@ -414,12 +451,14 @@ def evaluation_report(
         f"{config.sample_seed}); `expert_all_test` is the expert on all {n_test}.",
         f"Expert: {manifest['primary']}, the primary model of expert_model[{partition}]. "
         f"Jaccard compares each LLM's <Important Features> with the expert's top-{k} features "
-        "per patient (expert_feature_ranking).",
+        "per patient among the features the patient's prompt shows (expert_feature_ranking, "
+        "llm_prompts).",
         f"LLMs: base is {llm.model_dir(home.root)} zero-shot; sft and rl are the same model with "
         f"the LoRA adapter of sft_checkpoint[{partition}] / rl_checkpoint[{partition}] merged.",
         config.decoding_note(),
         f"Feature-order permutation seed {config.permutation_seed}: each LLM patient's prompt "
         "gets its own permutation; the expert's columns get one permutation per level.",
+        *_unpermutable_note(sets),
     ]
     report = build_report(
         f"EAG-RL evaluation: {partition}",
@@ -584,9 +623,11 @@ def generalization_report(
             f"{len(tests[target])} {target} test patients (seed {config.sample_seed}).",
             f"sft and rl: the LoRA adapters of sft_checkpoint[{source}] / rl_checkpoint[{source}]"
             f" merged into the base model. Answers parsed with {datasets[target]}'s feature "
-            f"dictionary; Jaccard against expert_feature_ranking[{target}].",
+            f"dictionary; Jaccard against expert_feature_ranking[{target}]'s top-k among the "
+            "features each prompt shows.",
             config.decoding_note(),
             f"Expert trained on {source}: not applicable on {target} (see the top of the report).",
+            *_unpermutable_note(sets[target]),
         ]
         report = build_report(
             f"Trained on {source}, tested zero-shot on {target}",

@@ -1,6 +1,9 @@
 """Reasoning stage 1 data: the base language model, the patient prompts, the base model's
 zero-shot predictions (the "base" row of the reports) and the MCTS trajectory sets."""
 
+import math
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 from dagster import (
@@ -15,59 +18,90 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.llm_inputs import (
+    ScaffoldCaps,
+    expert_top_features,
+    feature_dictionary,
+    feature_matcher,
+    read_ranking,
+    sample_patients,
+)
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics
+from eagrl_pipeline.expert_guidance import feature_priority
 from eagrl_pipeline.llm.base_model import validate_model_dir
 from eagrl_pipeline.paths import atomic_path
-from eagrl_pipeline.prompts import FeatureMatcher, PromptConfig, build_prompts, parse_response
-from eagrl_pipeline.prompts.features import dictionary_aliases
+from eagrl_pipeline.prompts import PromptConfig, build_prompts, feature_specs, parse_response
+from eagrl_pipeline.prompts.serialize import minimum_budget
 from eagrl_pipeline.rewards import RewardWeights
 from resources import Compute, EagrlHome, LanguageModel, Warehouse
 
 
 @asset(group_name="reasoning", code_version="1", kinds={"huggingface"})
-def base_language_model(context: AssetExecutionContext, home: EagrlHome, llm: LanguageModel):
+def base_language_model(
+    context: AssetExecutionContext, home: EagrlHome, llm: LanguageModel, compute: Compute
+):
     """The local model folder every LLM stage loads, validated offline (weights, tokenizer,
-    chat template). By default SmolLM2-135M-Instruct, converted once from its GGUF package."""
+    chat template). By default SmolLM2-135M-Instruct, converted once from its GGUF package.
+    The metadata says which dtype generation runs in here, and why (on a CPU: its native bf16
+    flag and a measured bf16/fp32 matmul probe)."""
     path = llm.model_dir(home.root)
     info = validate_model_dir(path)
-    context.log.info(f"base model {info.architecture} at {path}: {info.n_parameters:,} params")
+    dtype = llm.dtype_choice(compute.configure_torch(llm=True))
+    context.log.info(
+        f"base model {info.architecture} at {path}: {info.n_parameters:,} params; generation in "
+        f"{dtype['generation_dtype']}"
+    )
     return MaterializeResult(
         metadata={
             **info.as_metadata(),
+            **dtype,
             "path": MetadataValue.path(str(path)),
             "chat_sample": MetadataValue.md(f"```\n{info.chat_sample}\n```"),
         }
     )
 
 
-def feature_dictionary(warehouse: Warehouse, dataset: str) -> pd.DataFrame:
-    return warehouse.query(
-        "SELECT * FROM feature_dictionary WHERE dataset = ? ORDER BY rowid", [dataset]
-    )
-
-
-def feature_matcher(warehouse: Warehouse, dataset: str) -> FeatureMatcher:
-    """Matches the feature names a model writes to the dataset's dictionary (with aliases)."""
-    dictionary = feature_dictionary(warehouse, dataset)
-    return FeatureMatcher.build(
-        dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
-    )
-
-
 class PromptsConfig(Config):
-    max_visits: int | None = Field(default=None, description="Show each patient's last N visits.")
+    max_visits: int | None = Field(
+        default=3,
+        description="Show at most the patient's last N visits that hold a measurement of a shown "
+        "feature (empty: every such visit the budget allows).",
+    )
+    max_features: int | None = Field(
+        default=10,
+        description="Show at most N features per patient: the measured ones the expert ranks "
+        "highest on average over the training split (empty: every feature the budget allows).",
+    )
+    min_features: int = Field(
+        default=3,
+        ge=1,
+        description="Features a prompt must have room for: a max_tokens that cannot fit this "
+        "many at one visit is refused before any work, with the budget it needs.",
+    )
+    feature_order: str = Field(
+        default="train_importance",
+        description="'train_importance': features by the expert's mean importance over the "
+        "training split (expert_feature_ranking); 'dictionary': the dictionary's order.",
+    )
     feature_filter: str = Field(
         default="measured", description="'all', or 'measured': drop never-measured features."
+    )
+    visit_selection: str = Field(
+        default="measured",
+        description="'measured': the most recent visits holding a shown feature's value; "
+        "'last': the most recent visits, whatever they hold.",
     )
     max_tokens: int | None = Field(
         default=768,
         description="Token budget per prompt (the model's tokenizer counts); over it, the "
-        "oldest visits and then the least-measured features are dropped and reported. CPU "
+        "oldest visits and then the lowest-ranked features are dropped and reported. CPU "
         "default; raise it (e.g. 4096) for a 7B model on a GPU.",
     )
-    include_example: bool = Field(default=True, description="Add the worked response example.")
+    include_example: bool = Field(
+        default=True, description="Add the worked response example (placeholder features)."
+    )
 
     @field_validator("feature_filter")
     @classmethod
@@ -76,13 +110,56 @@ class PromptsConfig(Config):
             raise ValueError(f"feature_filter {value!r}: use 'all' or 'measured'")
         return value
 
+    @field_validator("visit_selection")
+    @classmethod
+    def _known_selection(cls, value: str) -> str:
+        if value not in ("measured", "last"):
+            raise ValueError(f"visit_selection {value!r}: use 'measured' or 'last'")
+        return value
+
+    @field_validator("feature_order")
+    @classmethod
+    def _known_order(cls, value: str) -> str:
+        if value not in ("train_importance", "dictionary"):
+            raise ValueError(f"feature_order {value!r}: use 'train_importance' or 'dictionary'")
+        return value
+
+    def prompt_config(self, priority: tuple[str, ...] | None) -> PromptConfig:
+        return PromptConfig(
+            max_visits=self.max_visits,
+            feature_filter=self.feature_filter,  # type: ignore[arg-type]
+            max_tokens=self.max_tokens,
+            include_example=self.include_example,
+            feature_priority=priority,
+            max_features=self.max_features,
+            min_features=self.min_features,
+            visit_selection=self.visit_selection,  # type: ignore[arg-type]
+        )
+
+
+def _distribution(values: pd.Series) -> dict[str, float]:
+    return {
+        "min": float(values.min()),
+        "median": float(values.median()),
+        "mean": round(float(values.mean()), 3),
+        "max": float(values.max()),
+    }
+
 
 @asset(
     partitions_def=cohort_partitions,
     group_name="reasoning",
     code_version="1",
     kinds={"python", "parquet"},
-    deps=["cohort_dataset", "base_language_model"],
+    deps=["cohort_dataset", "expert_feature_ranking", "base_language_model"],
+    check_specs=[
+        AssetCheckSpec(
+            "prompts_show_features",
+            asset="llm_prompts",
+            blocking=True,
+            description="Every prompt shows at least one feature value and fits the budget.",
+        )
+    ],
 )
 def llm_prompts(
     context: AssetExecutionContext,
@@ -91,41 +168,73 @@ def llm_prompts(
     llm: LanguageModel,
     warehouse: Warehouse,
 ):
-    """One prompt per patient of every split, with token counts from the model's tokenizer."""
+    """One prompt per patient of every split, with token counts from the model's tokenizer.
+    Features are chosen by the expert's importance averaged over the training split (never a
+    patient's own expert output or label), visits by whether they hold those features."""
     from transformers import AutoTokenizer
 
     partition = context.partition_key
     dataset, task = split_partition(partition)
     visits = pd.read_parquet(home.artifact_dir("cohort_dataset", partition) / "visits.parquet")
+    dictionary = feature_dictionary(warehouse, dataset)
     tokenizer = AutoTokenizer.from_pretrained(llm.model_dir(home.root), local_files_only=True)
-    prompts = build_prompts(
-        visits,
-        feature_dictionary(warehouse, dataset),
-        dataset,
-        task,
-        PromptConfig(
-            max_visits=config.max_visits,
-            feature_filter=config.feature_filter,
-            max_tokens=config.max_tokens,
-            include_example=config.include_example,
-        ),
-        count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
-    )
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    priority = None
+    if config.feature_order == "train_importance":
+        priority = feature_priority(read_ranking(home, partition), split="train")
+    prompt_config = config.prompt_config(priority)
+    if config.max_tokens is not None:
+        specs = feature_specs(dictionary, dataset, list(visits.columns))
+        needed = minimum_budget(specs, dataset, task, prompt_config, count_tokens)
+        if needed > config.max_tokens:
+            raise ValueError(
+                f"llm_prompts config: max_tokens={config.max_tokens} cannot show "
+                f"min_features={config.min_features} features of {partition} at one visit; "
+                f"that needs {needed} tokens (the fixed instructions included). Fix: set "
+                f"max_tokens to at least {needed}, or lower min_features."
+            )
+    prompts = build_prompts(visits, dictionary, dataset, task, prompt_config, count_tokens)
     target = home.artifact_dir("llm_prompts", partition) / "prompts.parquet"
     with atomic_path(target) as tmp:
         prompts.to_parquet(tmp, index=False)
-    tokens = prompts["n_tokens"]
-    return MaterializeResult(
+    tokens, shown = prompts["n_tokens"], prompts["n_features_shown"]
+    empty = prompts.loc[shown == 0, "patient_id"].tolist()
+    visit_counts = prompts["visits_shown"].value_counts().sort_index()
+    over = prompts.loc[~prompts["fits_budget"], "patient_id"].tolist()
+    yield MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(target)),
             "prompts": len(prompts),
             **{f"prompts_{s}": int(n) for s, n in prompts["split"].value_counts().items()},
             "tokens_mean": float(tokens.mean()),
             "tokens_max": int(tokens.max()),
+            "features_shown": MetadataValue.json(_distribution(shown)),
+            "visits_shown": MetadataValue.json(_distribution(prompts["visits_shown"])),
+            "visits_shown_counts": MetadataValue.json(
+                {str(k): int(v) for k, v in visit_counts.items()}
+            ),
+            "prompts_without_features": len(empty),
+            "prompts_below_min_features": int((shown < config.min_features).sum()),
+            "feature_priority_top10": MetadataValue.json(
+                list(priority[:10]) if priority else "dictionary order"
+            ),
             "truncated": int(prompts["truncated"].sum()),
-            "over_budget": int((~prompts["fits_budget"]).sum()),
+            "over_budget": len(over),
             "example": MetadataValue.md(f"```\n{prompts['prompt'].iloc[0]}\n```"),
         }
+    )
+    yield AssetCheckResult(
+        check_name="prompts_show_features",
+        passed=not empty and not over,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "prompts_without_features": len(empty),
+            "patients_without_features": MetadataValue.json([str(p) for p in empty[:20]]),
+            "over_budget": len(over),
+        },
     )
 
 
@@ -136,7 +245,7 @@ class BasePredictionsConfig(Config):
         description="A seeded, label-stratified sample per split (empty: every patient). The "
         "CPU default keeps `make run` short; use all patients on a GPU.",
     )
-    max_new_tokens: int = Field(default=128, description="Generated tokens per answer.")
+    max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
     batch_size: int = Field(default=8, description="Prompts per generate call.")
     seed: int = Field(default=0, description="Seed of the sample and of generation.")
     bootstrap_resamples: int = Field(default=200, description="Bootstrap resamples for AUROC.")
@@ -146,31 +255,21 @@ class BasePredictionsConfig(Config):
         "eagrl_pipeline.llm.guided). Off measures the model's unaided format-following.",
     )
     guided_steps: int = Field(default=1, ge=0, description="Guided: steps before the final block.")
-
-
-def sample_patients(frame: pd.DataFrame, per_split: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample per split that keeps both labels when it can (so AUROC is defined)."""
-    if per_split is None:
-        return frame
-    parts = []
-    for _, group in frame.groupby("split", sort=False):
-        n = min(per_split, len(group))
-        positives, negatives = group[group["label"] == 1], group[group["label"] != 1]
-        n_pos = min(len(positives), max(1, round(n * len(positives) / len(group))))
-        n_neg = min(n - n_pos, len(negatives))
-        parts += [positives.sample(n_pos, random_state=seed)]
-        parts += [negatives.sample(n_neg, random_state=seed)]
-    return pd.concat(parts).sort_values("patient_id").reset_index(drop=True)
-
-
-def expert_top_features(home: EagrlHome, partition: str) -> dict[int, list[str]]:
-    """Each patient's expert top-k feature names (the R_att target)."""
-    ranking = pd.read_parquet(
-        home.artifact_dir("expert_feature_ranking", partition) / "ranking.parquet",
-        columns=["patient_id", "feature_name", "rank", "in_top_k"],
+    scaffold: ScaffoldCaps = Field(
+        default_factory=ScaffoldCaps, description="Guided: per-tag token caps."
     )
-    top = ranking[ranking["in_top_k"]].sort_values(["patient_id", "rank"])
-    return top.groupby("patient_id")["feature_name"].agg(list).to_dict()
+    readout: str = Field(
+        default="expected",
+        description="'expected': an answer's probability is the expectation under the model's "
+        "distribution at its first digit (guided only); 'text': the number written.",
+    )
+
+    @field_validator("readout")
+    @classmethod
+    def _known_readout(cls, value: str) -> str:
+        if value not in ("expected", "text"):
+            raise ValueError(f"readout {value!r}: use 'expected' or 'text'")
+        return value
 
 
 @asset(
@@ -219,6 +318,8 @@ def base_llm_predictions(
             seed=config.seed,
             guided=config.guided,
             guided_steps=config.guided_steps,
+            scaffold=config.scaffold.scaffold(),
+            readout=config.readout,  # type: ignore[arg-type]
         ),
     )
     predictions = pd.concat(
@@ -238,6 +339,8 @@ def base_llm_predictions(
         "new_tokens_mean": float(predictions["n_new_tokens"].mean()),
         "device": device,
         "guided": config.guided,
+        "readout": config.readout,
+        **llm.dtype_choice(device),
     }
     test = predictions[(predictions["split"] == "test") & predictions["valid"]]
     if test["label"].nunique() == 2:
@@ -257,37 +360,55 @@ def base_llm_predictions(
 
 class TrajectoriesConfig(Config):
     max_patients: int | None = Field(
-        default=4,
+        default=8,
         description="Train patients searched (a seeded, label-stratified sample; empty: all). "
         "CPU default; on a GPU search the whole train split.",
     )
-    n_simulations: int = Field(default=3, description="MCTS simulations per patient.")
+    n_simulations: int = Field(default=4, description="MCTS simulations per patient.")
     branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
-    max_depth: int = Field(default=1, description="Steps before the final block is forced.")
+    max_depth: int = Field(
+        default=2, ge=0, description="Reasoning steps before the final block is forced."
+    )
     uct_c: float = Field(default=1.414, description="UCT exploration constant.")
     simulate_siblings: bool = Field(
         default=True,
         description="Simulate a fresh expansion's children in the same batched wave (within "
         "the budget) rather than one per wave.",
     )
-    top_k_trajectories: int = Field(default=2, description="Trajectories kept per patient.")
+    top_k_trajectories: int = Field(
+        default=1, ge=1, description="Right trajectories kept per patient, best reward first."
+    )
+    answer_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="A kept trajectory's final answer is on its label's side of 0.5 by more "
+        "than this (a parseable wrong answer is never an SFT target).",
+    )
     min_reward: float | None = Field(
         default=None,
-        description="Quality threshold on the reward; empty: any parseable answer (above the "
-        "minimum reward of an unparseable one).",
+        description="Quality threshold on the reward on top of being right; empty: none.",
     )
     target_per_class: int | None = Field(
         default=None, description="Kept trajectories per class (empty: the smaller class's)."
     )
-    batch_patients: int = Field(
-        default=4, description="Trees searched in lockstep; progress is saved per batch."
+    min_kept: int = Field(
+        default=2,
+        ge=2,
+        description="Gate: at least this many trajectories kept (SFT holds out whole patients "
+        "for its eval loss, so it needs two at least).",
     )
-    step_max_new_tokens: int = Field(default=80, description="Token cap of one step.")
-    rollout_max_new_tokens: int = Field(default=96, description="Token cap of a rollout.")
-    temperature: float = Field(default=0.8, description="Sampling temperature.")
+    batch_patients: int = Field(
+        default=8, description="Trees searched in lockstep; progress is saved per batch."
+    )
+    step_max_new_tokens: int = Field(default=64, description="Token cap of one step.")
+    rollout_max_new_tokens: int = Field(default=160, description="Token cap of a rollout.")
+    temperature: float = Field(default=1.0, description="Sampling temperature.")
     top_p: float = Field(default=0.95, description="Nucleus sampling.")
-    random_rollouts_per_patient: int = Field(
-        default=1, description="Plain rollouts per patient: the baseline the search must beat."
+    compare_with_sampling: bool = Field(
+        default=True,
+        description="Also sample each patient as many plain rollouts as the search produced "
+        "trajectories (best-of-N at equal budget): the baseline the search must beat.",
     )
     lam: float = Field(default=0.6, description="λ: weight of R_cls against R_att.")
     beta: float = Field(default=0.5, description="β: margin bonus of R_cls.")
@@ -302,7 +423,12 @@ class TrajectoriesConfig(Config):
         "model's). Needed for small base models that do not follow the format unaided.",
     )
     rollout_steps: int = Field(
-        default=0, ge=0, description="Guided rollouts: steps written before the final block."
+        default=1,
+        ge=0,
+        description="Guided rollouts: steps written before the final block (never past max_depth).",
+    )
+    scaffold: ScaffoldCaps = Field(
+        default_factory=ScaffoldCaps, description="Guided: per-tag token caps."
     )
 
 
@@ -319,7 +445,13 @@ class TrajectoriesConfig(Config):
             "trajectories_parse",
             asset="mcts_trajectories",
             blocking=True,
-            description="Every kept trajectory parses, and at least one was kept.",
+            description="Every kept trajectory parses and answers on its label's side of 0.5.",
+        ),
+        AssetCheckSpec(
+            "trajectories_kept_minimum",
+            asset="mcts_trajectories",
+            blocking=True,
+            description="At least min_kept trajectories were kept (SFT needs them).",
         ),
         AssetCheckSpec(
             "trajectories_balanced",
@@ -328,9 +460,11 @@ class TrajectoriesConfig(Config):
             description="Positive and negative patients' trajectories within the allowed ratio.",
         ),
         AssetCheckSpec(
-            "search_beats_random_rollouts",
+            "search_beats_sampling",
             asset="mcts_trajectories",
-            description="Mean best reward of the search exceeds the mean of random rollouts.",
+            description="In each class, the search's mean best reward and share of patients "
+            "answered right are at least best-of-N sampling's at the same number of "
+            "trajectories.",
         ),
     ],
 )
@@ -342,14 +476,18 @@ def mcts_trajectories(
     compute: Compute,
     warehouse: Warehouse,
 ):
-    """Expert-guided MCTS over train patients: the best complete trajectories per patient,
-    scored with the EAG-RL reward against the expert's ranking, balanced by label (JSONL)."""
+    """Expert-guided MCTS over train patients: each patient's best *right* trajectories (final
+    answer on the label's side of 0.5), scored with the EAG-RL reward against the expert's top-k
+    among the features the prompt shows, balanced by label (JSONL); compared with best-of-N
+    sampling at the same budget."""
     import hashlib
     import json
 
     from eagrl_pipeline.mcts import (
         MCTSConfig,
         PatientTask,
+        compare_with_sampling,
+        is_correct_side,
         random_rollouts,
         run_search_resumable,
         select_trajectories,
@@ -387,6 +525,7 @@ def mcts_trajectories(
             top_p=config.top_p,
             guided=config.guided,
             rollout_steps=config.rollout_steps,
+            scaffold=config.scaffold.scaffold(),
         ),
     )
     search = MCTSConfig(
@@ -395,27 +534,34 @@ def mcts_trajectories(
         max_depth=config.max_depth,
         uct_c=config.uct_c,
         simulate_siblings=config.simulate_siblings,
-        top_k_trajectories=config.top_k_trajectories,
         seed=config.seed,
     )
     out_dir = home.artifact_dir("mcts_trajectories", partition)
     # The checkpoint is keyed by the search settings, so a resumed run never mixes settings.
-    settings = json.dumps({**config.model_dump(), "model": str(llm.model_dir(home.root))})
+    settings = json.dumps(
+        {**config.model_dump(), "model": str(llm.model_dir(home.root)), "format": 2}
+    )
     checkpoint = out_dir / f"search-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.jsonl"
     results = run_search_resumable(
         patients, proposer, scorer, search, checkpoint_path=checkpoint,
         batch_patients=config.batch_patients,
     )  # fmt: skip
-    baseline = random_rollouts(
-        patients, proposer, scorer, config.random_rollouts_per_patient, config.seed + 1
-    )
-    floor = scorer.weights.min_reward + 1e-9 if config.min_reward is None else config.min_reward
+    search_tokens = proposer.counters.generated_tokens
+    comparison, sampling_tokens = {}, 0
+    if config.compare_with_sampling:
+        budget = {r.patient_key: max(1, r.stats.complete_responses) for r in results}
+        sampled = random_rollouts(
+            patients, proposer, scorer, budget, config.seed + 1, max_depth=config.max_depth
+        )
+        sampling_tokens = proposer.counters.generated_tokens - search_tokens
+        comparison = compare_with_sampling(results, sampled, labels, config.answer_margin)
     kept = select_trajectories(
         results,
         labels,
         top_k=config.top_k_trajectories,
-        min_reward=floor,
+        min_reward=-math.inf if config.min_reward is None else config.min_reward,
         target_per_class=config.target_per_class,
+        margin=config.answer_margin,
     )
     messages = {task.key: task.prompt for task in patients}
     for record in kept:
@@ -425,27 +571,62 @@ def mcts_trajectories(
     with atomic_path(target) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    best = [r.best_reward for r in results if r.best_reward is not None]
-    search_mean = float(np.mean(best)) if best else float("nan")
-    random_mean = float(np.mean(baseline)) if baseline else float("nan")
     positives = sum(r["label"] for r in kept)
     negatives = len(kept) - positives
     imbalance = abs(positives - negatives) / len(kept) if kept else 1.0
-    unparsed = [
-        r["patient_key"] for r in kept if not parse_response(r["text"], scorer.matcher).is_valid
+    bad = [
+        r["patient_key"]
+        for r in kept
+        if not parse_response(r["text"], scorer.matcher).is_valid
+        or not is_correct_side(r["probability"], r["label"], config.answer_margin)
     ]
+    right_patients = {
+        label: sum(
+            1
+            for r in results
+            if labels[r.patient_key] == label
+            and any(
+                t.valid and is_correct_side(t.probability, label, config.answer_margin)
+                for t in r.trajectories
+            )
+        )
+        for label in (0, 1)
+    }
+    searched = {
+        label: sum(1 for r in results if labels[r.patient_key] == label) for label in (0, 1)
+    }
     counters = proposer.counters
+    depths = [t.depth for r in results for t in r.trajectories]
     yield MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(target)),
             "patients_searched": len(results),
+            "patients_searched_by_class": MetadataValue.json(
+                {str(k): v for k, v in searched.items()}
+            ),
+            "patients_with_right_answer_by_class": MetadataValue.json(
+                {str(k): v for k, v in right_patients.items()}
+            ),
+            "kept_rate_by_class": MetadataValue.json(
+                {str(k): (right_patients[k] / searched[k] if searched[k] else None) for k in (0, 1)}
+            ),
             "trajectories_kept": len(kept),
             "kept_positive": positives,
             "kept_negative": negatives,
-            "search_mean_best_reward": search_mean,
-            "random_rollout_mean_reward": random_mean,
+            "kept_depths": MetadataValue.json(
+                {
+                    str(d): sum(r["depth"] == d for r in kept)
+                    for d in sorted({r["depth"] for r in kept})
+                }
+            ),
+            "trajectory_depth_max": max(depths, default=0),
             "valid_complete_responses": sum(sum(t.valid for t in r.trajectories) for r in results),
             "tree_nodes_mean": float(np.mean([r.stats.nodes for r in results])),
+            "search_generated_tokens": search_tokens,
+            "sampling_generated_tokens": sampling_tokens,
+            "search_vs_sampling": MetadataValue.json(
+                {str(k): asdict(v) for k, v in comparison.items()}
+            ),
             "prefill_per_unique_prompt_token": counters.prefill_per_unique_prompt_token,
             "generated_tokens": counters.generated_tokens,
             "prefix_reuse": proposer.mode,
@@ -455,15 +636,21 @@ def mcts_trajectories(
     )
     yield AssetCheckResult(
         check_name="trajectories_parse",
-        passed=bool(kept) and not unparsed,
+        passed=not bad,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"kept": len(kept), "unparsed_or_wrong": len(bad)},
+    )
+    yield AssetCheckResult(
+        check_name="trajectories_kept_minimum",
+        passed=len(kept) >= config.min_kept,
         severity=AssetCheckSeverity.ERROR,
         metadata={
             "kept": len(kept),
-            "unparsed": len(unparsed),
+            "min_kept": config.min_kept,
             "note": ""
-            if kept
-            else "no trajectory reached the quality threshold: the model "
-            "writes no parseable answer; use a larger base model (LanguageModel.path)",
+            if len(kept) >= config.min_kept
+            else "too few patients got a right, parseable answer: search more patients "
+            "(max_patients), simulate more (n_simulations), or use a larger base model",
         },
     )
     yield AssetCheckResult(
@@ -472,9 +659,15 @@ def mcts_trajectories(
         severity=AssetCheckSeverity.ERROR,
         metadata={"positives": positives, "negatives": negatives, "imbalance": imbalance},
     )
+    wins = {str(k): v.search_wins for k, v in comparison.items()}
     yield AssetCheckResult(
-        check_name="search_beats_random_rollouts",
-        passed=bool(best) and search_mean > random_mean,
+        check_name="search_beats_sampling",
+        passed=bool(comparison) and all(wins.values()),
         severity=AssetCheckSeverity.WARN,
-        metadata={"search_mean_best_reward": search_mean, "random_mean_reward": random_mean},
+        metadata={
+            "search_wins_by_class": MetadataValue.json(wins),
+            "by_class": MetadataValue.json({str(k): asdict(v) for k, v in comparison.items()}),
+            "search_generated_tokens": search_tokens,
+            "sampling_generated_tokens": sampling_tokens,
+        },
     )

@@ -2,6 +2,7 @@
 the EAG-RL reward and the entropy-aware adaptive clip. Both log to MLflow and are gated."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,14 +18,16 @@ from dagster import (
 )
 from pydantic import Field, model_validator
 
+from assets.llm_inputs import ScaffoldCaps, expert_top_features, feature_dictionary, sample_patients
 from assets.partitions import cohort_partitions, split_partition
-from assets.reasoning import expert_top_features, feature_dictionary, sample_patients
 from assets.tags import GPU_OP_TAGS
+from eagrl_pipeline.evaluation.metrics import paired_bootstrap_difference
+from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import FeatureMatcher
 from eagrl_pipeline.prompts.features import dictionary_aliases
 from eagrl_pipeline.rewards import RewardWeights
-from eagrl_pipeline.training.grpo import REWARD_NAMES, GRPOSettings
+from eagrl_pipeline.training.grpo import REWARD_NAMES, GRPOSettings, summarize_log_history
 from eagrl_pipeline.training.sft import LoraSettings, SFTSettings
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
 
@@ -71,16 +74,16 @@ class SFTCheckpointConfig(Config):
 class RLCheckpointConfig(Config):
     learning_rate: float = Field(default=5e-5, description="AdamW learning rate of the adapter.")
     max_steps: int = Field(default=2, description="GRPO optimisation steps (CPU default).")
-    num_generations: int = Field(default=2, description="Group size: completions per prompt.")
+    num_generations: int = Field(default=4, description="Group size: completions per prompt.")
     per_device_train_batch_size: int = Field(
-        default=2, description="Completions per device step; the effective batch must divide "
-        "into groups of num_generations.",
+        default=8, description="Completions per device step (CPU default: 2 prompts x 4); the "
+        "effective batch must divide into groups of num_generations.",
     )  # fmt: skip
     gradient_accumulation_steps: int = Field(default=1, description="Steps per update.")
     num_iterations: int = Field(
         default=2, description="Updates per generation batch (>1 lets the clip act)."
     )
-    max_completion_length: int = Field(default=128, description="Token cap per completion.")
+    max_completion_length: int = Field(default=160, description="Token cap per completion.")
     temperature: float = Field(default=1.0, description="Sampling temperature of the groups.")
     beta: float = Field(default=0.0, description="KL coefficient (0: no reference model).")
     loss_type: str = Field(default="dapo", description="trl loss normalisation.")
@@ -97,20 +100,35 @@ class RLCheckpointConfig(Config):
     max_train_prompts: int | None = Field(
         default=4, description="Train prompts (a label-stratified sample; empty: all)."
     )
-    val_prompts: int = Field(
-        default=2, description="Validation prompts for the reward gate (SFT vs RL policy)."
+    val_prompts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Validation patients the gate compares the SFT and RL policies on: a seeded, "
+        "label-stratified sample of this size (empty: every validation patient).",
     )
-    val_max_new_tokens: int = Field(default=128, description="Token cap of the gate's answers.")
+    val_max_new_tokens: int = Field(default=160, description="Token cap of the gate's answers.")
     min_reward_gain: float = Field(
-        default=0.0,
-        description="Gate: RL mean validation reward minus SFT's must be at least this. 0 "
-        "accepts a policy at least as good as SFT (two CPU steps rarely move greedy answers); "
-        "raise it on real runs to demand an improvement.",
+        default=0.01,
+        description="Gate: the lower bound of the 95 % paired bootstrap interval of the RL minus "
+        "SFT per-patient validation reward must exceed this, i.e. RL must be credibly better "
+        "than SFT, not just equal within noise. Set it below 0 to accept a policy that is not "
+        "credibly worse (e.g. a two-step CPU smoke run).",
+    )
+    gate_resamples: int = Field(
+        default=1000, ge=0, description="Paired bootstrap resamples of the reward gate."
     )
     guided_generation: bool = Field(
-        default=False,
-        description="Sample the groups with the response tags forced (words stay sampled): gives "
-        "a small policy that never writes the format reward variance to learn from.",
+        default=True,
+        description="Sample the groups with the response tags forced (words stay sampled), under "
+        "the same scaffold the gate and evaluation answer with: one rule for training and "
+        "judging. Off samples freely (the paper's setting).",
+    )
+    guided_steps: int = Field(
+        default=1, ge=0, description="Guided: sub-question steps before the final block."
+    )
+    scaffold: ScaffoldCaps = Field(
+        default_factory=ScaffoldCaps,
+        description="Guided: per-tag token caps, for the groups and the gate's answers alike.",
     )
     seed: int = Field(default=0, description="Seed of the sample, sampling and the adapter.")
 
@@ -136,6 +154,8 @@ class RLCheckpointConfig(Config):
             eps_high_max=self.eps_high_max,
             seed=self.seed,
             guided_generation=self.guided_generation,
+            guided_steps=self.guided_steps,
+            scaffold=self.scaffold.scaffold(),
         )
 
     @model_validator(mode="after")
@@ -161,9 +181,14 @@ def policy_answers(
     weights: RewardWeights,
     max_new_tokens: int,
     seed: int,
+    *,
+    scaffold: ScaffoldConfig | None = None,
+    guided_steps: int = 1,
 ) -> pd.DataFrame:
-    """Greedy, unguided answers of a policy (base + optional adapter), parsed and scored by the
-    evaluation's inference helper: what the policy writes on its own, which the gates judge."""
+    """Greedy answers of a policy (base + optional adapter), parsed and scored by the
+    evaluation's inference helper. With ``scaffold`` the tags are forced as evaluation forces
+    them (the rule the RL gate judges by); without, unguided: what the policy writes on its own
+    (the SFT parse check)."""
     import gc
 
     from eagrl_pipeline.evaluation.predictions import (
@@ -172,14 +197,63 @@ def policy_answers(
         llm_predictions,
     )
 
+    generation = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        guided=scaffold is not None,
+        guided_steps=guided_steps,
+        scaffold=scaffold if scaffold is not None else ScaffoldConfig(),
+    )
     model, tokenizer = llm.load(home.root, device, adapter_dir)
     answers = llm_predictions(
         "policy", model, tokenizer, {"val": PromptSet.from_frame(prompts)}, matcher, expert_top,
-        GenerationSettings(max_new_tokens=max_new_tokens, seed=seed, guided=False), weights,
+        generation, weights,
     )  # fmt: skip
     del model
     gc.collect()
     return answers["val"].records
+
+
+REWARD_COLUMNS = ("reward", *REWARD_NAMES)
+
+
+def reward_gate(
+    sft: pd.DataFrame,
+    rl: pd.DataFrame,
+    min_gain: float,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | int | bool]:
+    """The RL gate: passes when the lower bound of the 95 % paired bootstrap interval of the
+    per-patient validation reward RL − SFT exceeds ``min_gain``; with the mean reward parts of
+    both policies. Patients are paired by ``patient_id``."""
+    columns = ["patient_id", *REWARD_COLUMNS]
+    paired = sft[columns].merge(
+        rl[columns], on="patient_id", suffixes=("_sft", "_rl"), validate="one_to_one"
+    )
+    if paired.empty or len(paired) != len(sft) or len(paired) != len(rl):
+        raise ValueError(
+            f"the reward gate needs the same validation patients for both policies, got "
+            f"{len(sft)} SFT, {len(rl)} RL and {len(paired)} shared"
+        )
+    gain = paired_bootstrap_difference(
+        paired["reward_rl"], paired["reward_sft"], n_resamples=n_resamples, seed=seed
+    )
+    out: dict[str, float | int | bool] = {
+        "passed": bool(gain.ci_low > min_gain),
+        "min_reward_gain": min_gain,
+        "val_patients": len(paired),
+        "val_reward_gain": gain.observed,
+        "val_reward_gain_lo": gain.ci_low,
+        "val_reward_gain_hi": gain.ci_high,
+        "val_reward_gain_confidence": gain.confidence,
+        "val_reward_gain_resamples": gain.n_resamples,
+    }
+    for policy in ("sft", "rl"):
+        for column in REWARD_COLUMNS:
+            out[f"val_{column}_{policy}"] = float(paired[f"{column}_{policy}"].mean())
+    return out
 
 
 def _train(
@@ -278,7 +352,8 @@ def sft_checkpoint(
         mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
         run_id = run.info.run_id
     manifest = {**outcome, "mlflow_run_id": run_id, "val_parse_fraction": parse_fraction}
-    manifest.pop("log_history")
+    history = manifest.pop("log_history")
+    manifest["train_loss_per_step"] = [e["loss"] for e in history if "loss" in e]
     with atomic_path(out_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     yield MaterializeResult(
@@ -308,7 +383,7 @@ def sft_checkpoint(
 @asset(
     partitions_def=cohort_partitions,
     group_name="training",
-    code_version="1",
+    code_version="2",
     kinds={"pytorch", "huggingface"},
     deps=["sft_checkpoint", "llm_prompts", "expert_feature_ranking"],
     pool="gpu",
@@ -318,8 +393,9 @@ def sft_checkpoint(
             "rl_reward_improved",
             asset="rl_checkpoint",
             blocking=True,
-            description="Mean reward of the RL policy on held-out validation prompts, minus the "
-            "SFT policy's on the same prompts, at least the configured gain.",
+            description="RL policy credibly better than SFT on held-out validation patients: "
+            "the lower bound of the 95 % paired bootstrap interval of the per-patient reward "
+            "RL − SFT exceeds min_reward_gain; both answer greedily under evaluation's scaffold.",
         )
     ],
 )
@@ -333,7 +409,10 @@ def rl_checkpoint(
     mlflow_tracking: MlflowTracking,
 ):
     """Stage 2: GRPO from the SFT adapter on train prompts, reward λ·R_cls + (1−λ)·R_att plus
-    the format term, with the entropy-aware adaptive upper clip."""
+    the format term, with the entropy-aware adaptive upper clip; groups sampled under the
+    evaluation's scaffold. trl logs every step to MLflow (reward parts, frac_reward_zero_std,
+    clip_ratio/*, adaptive_clip/*); the manifest adds how many groups had reward spread, the ε
+    and clip summary and the gate's paired comparison with the SFT policy."""
     import mlflow
 
     from eagrl_pipeline.training.grpo import grpo_row
@@ -374,20 +453,28 @@ def rl_checkpoint(
             scored[name] = policy_answers(
                 home, llm, device, adapter, val, matcher, expert_top, weights,
                 config.val_max_new_tokens, config.seed,
+                scaffold=settings.scaffold, guided_steps=settings.guided_steps,
             )  # fmt: skip
-        sft_mean = float(scored["sft"]["reward"].mean())
-        rl_mean = float(scored["rl"]["reward"].mean())
-        mlflow.log_metrics({"val_reward_sft": sft_mean, "val_reward_rl": rl_mean})
+        gate = reward_gate(
+            scored["sft"], scored["rl"], config.min_reward_gain,
+            n_resamples=config.gate_resamples, seed=config.seed,
+        )  # fmt: skip
+        history = outcome.pop("log_history")
+        summary = summarize_log_history(
+            history, settings.groups_per_generation(compute.num_processes)
+        )
+        logged = {k: float(v) for k, v in {**gate, **summary}.items() if k != "passed"}
+        mlflow.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)})
         mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
         run_id = run.info.run_id
-    history = outcome.pop("log_history")
-    eps = [e["adaptive_clip/eps_high_mean"] for e in history if "adaptive_clip/eps_high_mean" in e]
     rewards = [e["reward"] for e in history if "reward" in e]
+    gate_figures = {k: v for k, v in gate.items() if k != "passed"}
     manifest = {
         **outcome,
         "mlflow_run_id": run_id,
-        "val_reward_sft": sft_mean,
-        "val_reward_rl": rl_mean,
+        **gate_figures,
+        "val_reward_gate_passed": gate["passed"],
+        **summary,
         "train_reward_per_step": rewards,
     }
     with atomic_path(out_dir / "manifest.json") as tmp:
@@ -399,11 +486,10 @@ def rl_checkpoint(
             "prompts": len(rows),
             "steps": outcome["global_step"],
             "resumed_from": outcome["resumed_from"] or "",
-            "train_reward_first": rewards[0] if rewards else float("nan"),
-            "train_reward_last": rewards[-1] if rewards else float("nan"),
-            "eps_high_mean": float(sum(eps) / len(eps)) if eps else float("nan"),
-            "val_reward_sft": sft_mean,
-            "val_reward_rl": rl_mean,
+            "train_reward_first": rewards[0] if rewards else math.nan,
+            "train_reward_last": rewards[-1] if rewards else math.nan,
+            **summary,
+            **gate_figures,
             "val_parse_fraction_rl": float(scored["rl"]["valid"].mean()),
             "device": device,
             "precision": precision,
@@ -411,12 +497,7 @@ def rl_checkpoint(
     )
     yield AssetCheckResult(
         check_name="rl_reward_improved",
-        passed=bool(rl_mean - sft_mean >= config.min_reward_gain),
+        passed=bool(gate["passed"]),
         severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "val_reward_sft": sft_mean,
-            "val_reward_rl": rl_mean,
-            "gain": rl_mean - sft_mean,
-            "min_reward_gain": config.min_reward_gain,
-        },
+        metadata=gate_figures,
     )

@@ -33,6 +33,14 @@ class LanguageModel(ConfigurableResource):
 
         return ensure_default_model(home / "models")
 
+    def dtype_choice(self, device: str) -> dict:
+        """The generation dtype ``dtype`` resolves to on ``device``, and why (asset metadata)."""
+        import torch
+
+        from eagrl_pipeline.llm.generation import dtype_choice
+
+        return dtype_choice(self.dtype, torch.device(device))
+
     def load(self, home: Path, device: str, adapter_dir: Path | None = None):
         """(model, tokenizer) ready for batched generation on ``device``; with ``adapter_dir``
         the SFT/GRPO LoRA adapter is merged in."""

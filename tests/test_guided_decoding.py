@@ -4,6 +4,7 @@ while the words inside them stay its own samples, within each tag's token cap.""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -74,6 +75,7 @@ def test_token_caps_close_long_segments(tiny) -> None:
         logits_processor=LogitsProcessorList([scaffold.processor([RowPlan("answer", 1)] * 3)]),
     )  # fmt: skip
     tag_ids = {tokenizer.convert_tokens_to_ids(OPEN[s]): s for s in ORDER}
+    prefix_ids = tokenizer(" " + config.answer_prefix, add_special_tokens=False)["input_ids"]
     close_ids = {tokenizer.convert_tokens_to_ids(CLOSE[s]) for s in ORDER}
     for row in out[:, ids["input_ids"].shape[1] :].tolist():
         segment, n = None, 0
@@ -83,7 +85,8 @@ def test_token_caps_close_long_segments(tiny) -> None:
                 segment, n = tag_ids[token], 0
                 seen.append(segment)
             elif token in close_ids:
-                assert n <= config.cap(segment) + 1, (segment, n)
+                forced = len(prefix_ids) if segment == "final" else 0  # the forced " 0."
+                assert n <= config.cap(segment) + 1 + forced, (segment, n)
                 segment = None
             elif segment is not None:
                 n += 1
@@ -129,3 +132,85 @@ def test_guided_proposer_expands_one_step_and_finishes(tiny) -> None:
         assert [s for s, _ in _segments(final)] == ["fsub", "feat", "final"]
     rollout = proposer.rollout([NodeState("p1", prompt, steps[0], depth=1)], rng_seed=2)[0]
     assert rollout.startswith("\n" + OPEN["fsub"]) and is_terminal(rollout)
+
+
+def test_answer_expectation_is_the_digit_distributions_mean(tiny) -> None:
+    """After the forced "0.", the processor records sum_d P(d) * (d + 0.5) / 10 over the digit
+    tokens: checked against the model's own logits at that position, recomputed."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from eagrl_pipeline.llm.generation import generate_batch
+    from eagrl_pipeline.llm.guided import RowPlan
+
+    model, tokenizer = tiny
+    scaffold = ResponseScaffold(tokenizer, ScaffoldConfig(answer_tokens=3, features_tokens=3))
+    processor = scaffold.processor([RowPlan("answer", 1)])
+    seen: list[torch.Tensor] = []
+
+    class Watch(LogitsProcessor):
+        """Keeps the input ids of the step where the expectation was read."""
+
+        def __call__(self, input_ids, scores):
+            if processor.answer_expectations[0] is not None and not seen:
+                seen.append(input_ids[0].clone())
+            return scores
+
+    ids = tokenizer(["Patient 2: LDH [300]. Predict."], return_tensors="pt")
+    model.generate(
+        **ids, max_new_tokens=80, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        logits_processor=LogitsProcessorList([processor, Watch()]),
+    )  # fmt: skip
+    (context,) = seen
+    assert tokenizer.decode(context).endswith("<Final answer> 0.")
+    with torch.no_grad():
+        logits = model(context[None]).logits[0, -1].double()
+    # Every all-digit token counts, at the midpoint of what the answer can still become.
+    texts = [scaffold.token_text[i] for i in scaffold.digit_ids.tolist()]
+    assert set(map(str, range(10))) <= set(texts)
+    values = dict(zip(texts, scaffold.digit_values.tolist(), strict=True))
+    assert values["8"] == pytest.approx(0.85) and values["0"] == pytest.approx(0.05)
+    assert all(v == pytest.approx((int(t) + 0.5) / 10 ** len(t)) for t, v in values.items())
+    probs = torch.softmax(logits, -1)[scaffold.digit_ids]
+    expected = float((probs * scaffold.digit_values).sum() / probs.sum())
+    assert processor.answer_expectations[0] == pytest.approx(expected, abs=1e-5)  # KV vs full
+
+    batched = generate_batch(model, tokenizer, ["Patient 1: predict."] * 2, max_new_tokens=80,
+                             scaffold=scaffold, scaffold_steps=1)  # fmt: skip
+    assert all(0.0 < r.answer_expectation < 1.0 for r in batched)
+    assert all(re.search(r"<Final answer> 0\.\d", r.text) for r in batched)
+    unguided = generate_batch(model, tokenizer, ["Patient 1: predict."], max_new_tokens=5)
+    assert unguided[0].answer_expectation is None
+
+
+def test_features_slot_lists_only_names_the_prompt_shows(tiny) -> None:
+    """With features_from_prompt, the random model can only list the prompt's feature names,
+    each at most once and at most max_listed_features of them; which ones is its own sample."""
+    from eagrl_pipeline.llm.generation import generate_batch
+    from eagrl_pipeline.llm.guided import prompt_feature_names
+
+    model, tokenizer = tiny
+    names = ["Lymphocytes (%)", "Lactate dehydrogenase", "pH value", "Heart rate"]
+    prompt = "Patient:\n- Sex: male\n" + "\n".join(
+        f"- {n} (Unit: U. Reference range: 1-2): [0.5, NaN]" if i % 2 else f"- {n}: [7]"
+        for i, n in enumerate(names)
+    )
+    assert prompt_feature_names(prompt) == tuple(names)
+    config = ScaffoldConfig(max_listed_features=2, answer_tokens=3, subquestion_tokens=3)
+    scaffold = ResponseScaffold(tokenizer, config)
+    seen: set[tuple[str, ...]] = set()
+    for seed in range(6):
+        (result,) = generate_batch(model, tokenizer, [prompt], max_new_tokens=120,
+                                   do_sample=True, seed=seed, scaffold=scaffold)  # fmt: skip
+        listed = dict(_segments(result.text))["feat"]
+        items = tuple(item.strip() for item in listed.split(","))
+        assert set(items) <= set(names) and len(set(items)) == len(items) <= 2, listed
+        seen.add(items)
+    assert len(seen) > 1  # sampled, not forced
+    free = ResponseScaffold(tokenizer, replace(config, features_from_prompt=False))
+    texts = [
+        dict(_segments(generate_batch(model, tokenizer, [prompt], max_new_tokens=120,
+                                      do_sample=True, seed=s, scaffold=free)[0].text))["feat"]
+        for s in range(3)
+    ]  # fmt: skip
+    assert any(not {i.strip() for i in t.split(",")} <= set(names) for t in texts)

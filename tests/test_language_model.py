@@ -252,15 +252,19 @@ def test_append_in_place_layer_matches_dynamic_layer() -> None:
     assert torch.equal(grown.values, plain.values)
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_auto_dtype_on_cpu_is_bf16_only_with_amx(monkeypatch, amx: bool) -> None:
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16", None])
+def test_auto_dtype_on_cpu_is_bf16_only_with_native_bf16(monkeypatch, flag: str | None) -> None:
     import torch
 
     from eagrl_pipeline.llm import generation
 
-    monkeypatch.setattr(generation, "cpu_has_amx_bf16", lambda: amx)
-    expected = torch.bfloat16 if amx else torch.float32
+    monkeypatch.setattr(generation, "cpu_native_bf16", lambda: flag)
+    expected = torch.float32 if flag is None else torch.bfloat16
     assert generation.resolve_dtype("auto", torch.device("cpu")) == expected
+    choice = generation.dtype_choice("auto", torch.device("cpu"))
+    assert choice["generation_dtype"] == str(expected).removeprefix("torch.")
+    assert choice["cpu_native_bf16_flag"] == (flag or "none")
+    assert choice["cpu_probe_fp32_gflops"] > 0 and choice["cpu_probe_bf16_gflops"] > 0
     assert generation.resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert generation.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 

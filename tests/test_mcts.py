@@ -22,6 +22,7 @@ from eagrl_pipeline.mcts import (
     SearchResult,
     Trajectory,
     TreeStats,
+    compare_with_sampling,
     load_checkpoint,
     random_rollouts,
     run_search,
@@ -96,7 +97,8 @@ class FakeScorer:
             "features": 0.5 * (labels == ["A", "B"] and bool(feats) and feats[1] == "f1, f2"),
             "noise": 0.01 * float(prob[1]) if prob else 0.0,
         }
-        return ScoredResponse(sum(parts.values()), parts, valid=prob is not None)
+        probability = float(prob[1]) if prob else None
+        return ScoredResponse(sum(parts.values()), parts, prob is not None, probability)
 
 
 BEST = step("A") + step("B") + final("f1, f2")
@@ -110,7 +112,7 @@ def test_split_steps() -> None:
 
 
 def test_finds_known_best_path_and_respects_depth_and_budget() -> None:
-    config = MCTSConfig(n_simulations=30, branching=3, max_depth=2, top_k_trajectories=3)
+    config = MCTSConfig(n_simulations=30, branching=3, max_depth=2)
     proposer, scorer = FakeProposer(), FakeScorer()
     [result] = run_search(PATIENTS[:1], proposer, scorer, config)
     best = result.trajectories[0]
@@ -165,7 +167,7 @@ def test_siblings_are_simulated_in_one_wave_within_the_budget() -> None:
     [capped] = run_search(PATIENTS[:1], proposer, FakeScorer(), config)
     assert capped.stats.simulations == 2 and len(proposer.expand_calls) == 1
     assert [len(c) for c in proposer.rollout_calls] == [2]  # children A and B, not the final
-    config = MCTSConfig(n_simulations=3, branching=3, max_depth=1, top_k_trajectories=10)
+    config = MCTSConfig(n_simulations=3, branching=3, max_depth=1)
     one_by_one = FakeProposer()
     [plain] = run_search(PATIENTS[:1], one_by_one, FakeScorer(),
                          replace(config, simulate_siblings=False))  # fmt: skip
@@ -229,8 +231,13 @@ def test_truncated_last_line_is_ignored(tmp_path: Path) -> None:
     ]
 
 
-def _result(key: str, rewards: list[float], valid: bool = True) -> SearchResult:
-    trajs = [Trajectory(f"{key}-{r}", [], "", r, {"r": r}, valid, 1, "rollout") for r in rewards]
+def _result(
+    key: str, rewards: list[float], valid: bool = True, probability: float | None = None
+) -> SearchResult:
+    """Trajectories with these rewards; their answer is ``probability`` (default: right for the
+    key's class, 0.8 for "pos", 0.2 for "neg")."""
+    p = probability if probability is not None else (0.8 if key.startswith("pos") else 0.2)
+    trajs = [Trajectory(f"{key}-{r}", [], "", r, {"r": r}, valid, 1, "rollout", p) for r in rewards]
     stats = TreeStats(1, 1, 1, 1, 1, 1, len(trajs), None, None)
     return SearchResult(key, trajs, max(rewards, default=None), stats)
 
@@ -256,12 +263,58 @@ def test_select_trajectories_top_k_threshold_and_balance() -> None:
     assert sum(r["label"] for r in capped) == 3 and len(capped) == 5
 
 
-def test_random_rollouts_baseline_is_beaten() -> None:
-    config = MCTSConfig(n_simulations=20, branching=3, max_depth=2, top_k_trajectories=2)
-    results = run_search(PATIENTS[:3], FakeProposer(), FakeScorer(), config)
-    baseline = random_rollouts(PATIENTS[:3], FakeProposer(), FakeScorer(), 4, seed=0)
-    kept = [t.reward for r in results for t in r.trajectories]
-    assert len(baseline) == 12 and sum(kept) / len(kept) > sum(baseline) / len(baseline)
+@pytest.mark.parametrize("margin", [0.0, 0.1])
+def test_a_wrong_side_trajectory_is_never_kept(margin: float) -> None:
+    """Parseable, high-reward, but on the wrong side of 0.5 (or inside the margin): dropped,
+    whatever its reward; a lower-reward right answer of the same patient is kept instead."""
+    wrong_pos = _result("pos1", [5.0], probability=0.3)
+    right_pos = _result("pos1", [0.2], probability=0.9)
+    both = SearchResult("pos1", wrong_pos.trajectories + right_pos.trajectories, 5.0,
+                        wrong_pos.stats)  # fmt: skip
+    near_neg = _result("neg1", [4.0], probability=0.45)
+    far_neg = _result("neg2", [0.1], probability=0.1)
+    exactly_half = _result("neg3", [3.0], probability=0.5)
+    unreadable = _result("pos2", [3.0], probability=None)
+    unreadable = replace(
+        unreadable, trajectories=[replace(t, probability=None) for t in unreadable.trajectories]
+    )
+    labels = {"pos1": 1, "pos2": 1, "neg1": 0, "neg2": 0, "neg3": 0}
+    records = select_trajectories(
+        [both, near_neg, far_neg, exactly_half, unreadable], labels, top_k=1,
+        min_reward=-10.0, target_per_class=10, margin=margin,
+    )  # fmt: skip
+    kept = {(r["patient_key"], r["probability"]) for r in records}
+    expected = {("pos1", 0.9), ("neg2", 0.1)} | ({("neg1", 0.45)} if margin == 0.0 else set())
+    assert kept == expected
+    for r in records:
+        assert (
+            (r["probability"] > 0.5 + margin) if r["label"] else (r["probability"] < 0.5 - margin)
+        )
+
+
+def test_search_beats_best_of_n_sampling_at_equal_budget() -> None:
+    """Sampling gets as many rollouts per patient as the search scored trajectories; the known
+    best path (steps A, B) is out of reach of plain rollouts, so the search wins in each class."""
+    config = MCTSConfig(n_simulations=20, branching=3, max_depth=2)
+    results = run_search(PATIENTS[:4], FakeProposer(), FakeScorer(), config)
+    budget = {r.patient_key: r.stats.complete_responses for r in results}
+    proposer = FakeProposer()
+    sampled = random_rollouts(PATIENTS[:4], proposer, FakeScorer(), budget, seed=0, max_depth=2)
+    assert {k: len(v) for k, v in sampled.items()} == budget
+    assert all(s.max_depth == 2 for call in proposer.rollout_calls for s in call)
+    labels = {"p0": 1, "p1": 0, "p2": 1, "p3": 0}
+    comparison = compare_with_sampling(results, sampled, labels)
+    assert set(comparison) == {0, 1}
+    for row in comparison.values():
+        assert row.patients == 2
+        assert row.search_mean_best_reward > row.sampling_mean_best_reward
+        assert row.search_wins
+
+
+def test_guided_rollouts_never_write_past_the_tree_depth() -> None:
+    assert NodeState("p", "q", "", depth=1, max_depth=3).steps_left == 2
+    assert NodeState("p", "q", "", depth=3, max_depth=3).steps_left == 0
+    assert NodeState("p", "q", "").steps_left is None
 
 
 # ---- the Hugging Face proposer on a tiny random model --------------------------------------

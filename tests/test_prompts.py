@@ -18,7 +18,12 @@ from eagrl_pipeline.prompts import (
     heuristic_token_count,
     serialize_patient,
 )
-from eagrl_pipeline.prompts.serialize import EXAMPLE_FEATURES, RESPONSE_FORMAT, feature_line
+from eagrl_pipeline.prompts.serialize import (
+    EXAMPLE_FEATURES,
+    RESPONSE_FORMAT,
+    feature_line,
+    minimum_budget,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "dbt_project" / "seeds" / "feature_dictionary.csv"
@@ -78,7 +83,7 @@ Patient information:
 - Sex: male
 - Age: 63 years
 The patient has 3 visits, on: 2020-02-01, 2020-02-03, 2020-02-04.
-Each feature lists one value per visit, in visit order (NaN = not measured):
+Each feature lists one value per visit shown, in visit order (NaN = not measured):
 - Lactate dehydrogenase (Unit: U/L. Reference range: 120-250): [310, NaN, 1235]
 - Hemoglobin (Unit: g/L. Reference range: 130-175): [128, 121.5, 119.3]
 - pH value (Reference range: 7.35-7.45): [7.401, NaN, 7.3]
@@ -96,9 +101,9 @@ def test_hand_checked_patient(dictionary: pd.DataFrame) -> None:
     assert prompt.user == HAND_CHECKED
     assert prompt.text == f"{prompt.system}\n\n{prompt.user}"
     assert RESPONSE_FORMAT in prompt.system and "dies during this hospital stay" in prompt.system
-    example = prompt.system.split("Example of a complete answer")[1]
-    assert "<Important Features> Lactate dehydrogenase, Hemoglobin, pH value </Important" in example
-    assert "<Final answer> 0.83 </Final answer>" in example
+    example = prompt.system.split("Example of the format")[1]
+    assert "<Important Features> Feature A, Feature B </Important Features>" in example
+    assert "<Final answer> 0.xx </Final answer>" in example
     assert (prompt.n_visits, prompt.visits_shown, prompt.dropped_visits) == (3, 3, 0)
     assert len(prompt.features_shown) == 6 and "Not in visits" not in prompt.user
     assert not prompt.truncated and prompt.fits_budget
@@ -178,21 +183,86 @@ def test_budget_drops_oldest_visits_first_and_reports(dictionary: pd.DataFrame) 
     assert budgeted.n_tokens <= two.n_tokens
 
 
-def test_budget_then_drops_least_measured_features(dictionary: pd.DataFrame) -> None:
+def test_budget_then_drops_lowest_priority_features(dictionary: pd.DataFrame) -> None:
     one = _patient7(dictionary, PromptConfig(include_example=False, max_visits=1), count_tokens=len)
     cfg = PromptConfig(include_example=False, max_tokens=one.n_tokens - 1)
     prompt = _patient7(dictionary, cfg, count_tokens=len)
-    # In the last visit Never measured, Ferritin and Mystery marker have no value; ties go from
-    # the end of the dictionary, so Never measured is dropped first and is enough.
+    # Without a priority the dictionary's order is the priority: its last feature goes first.
     assert prompt.dropped_visits == 2 and prompt.visits_shown == 1
     assert prompt.dropped_features == ("Never measured",)
     assert "Never measured" not in prompt.user and "Ferritin" in prompt.user
     assert prompt.truncated and prompt.fits_budget and prompt.n_tokens <= cfg.max_tokens
 
+    ranked = PromptConfig(
+        include_example=False,
+        max_tokens=one.n_tokens - 1,
+        feature_priority=("never", "ferritin", "mystery", "ph_value", "hemoglobin"),
+    )
+    prompt = _patient7(dictionary, ranked, count_tokens=len)
+    assert prompt.dropped_features == ("Lactate dehydrogenase",)  # unranked: lowest priority
+
     impossible = _patient7(dictionary, PromptConfig(max_tokens=1), count_tokens=len)
     assert not impossible.fits_budget and impossible.truncated
     assert impossible.features_shown == () and impossible.visits_shown == 1
-    assert impossible.dropped_features[:3] == ("Never measured", "Ferritin", "Mystery marker")
+    assert impossible.dropped_features == (
+        "Lactate dehydrogenase",
+        "Hemoglobin",
+        "pH value",
+        "Mystery marker",
+        "Ferritin",
+        "Never measured",
+    )
+
+
+def test_priority_and_max_features_choose_what_is_shown(dictionary: pd.DataFrame) -> None:
+    cfg = PromptConfig(
+        feature_filter="measured",
+        feature_priority=("never", "ferritin", "mystery", "ph_value"),
+        max_features=2,
+    )
+    prompt = _patient7(dictionary, cfg)
+    # "never" is never measured, so the next two in priority order are shown, in that order.
+    assert prompt.features_shown == ("Ferritin", "Mystery marker")
+    assert prompt.user.index("- Ferritin") < prompt.user.index("- Mystery marker")
+    assert prompt.dropped_features == () and not prompt.truncated  # config, not the budget
+
+
+def test_measured_visit_selection_skips_visits_without_shown_features(
+    dictionary: pd.DataFrame,
+) -> None:
+    """Visit 2020-02-03 holds neither LDH nor pH: the last two visits *with* them are shown."""
+    cfg = PromptConfig(
+        feature_filter="measured",
+        feature_priority=("lactate_dehydrogenase", "ph_value"),
+        max_features=2,
+        max_visits=2,
+        visit_selection="measured",
+    )
+    prompt = _patient7(dictionary, cfg)
+    assert "the last 2 with these measurements are shown, on: 2020-02-01, 2020-02-04." in (
+        prompt.user
+    )
+    assert "- Lactate dehydrogenase (Unit: U/L. Reference range: 120-250): [310, 1235]" in (
+        prompt.user
+    )
+    assert prompt.features_shown == ("Lactate dehydrogenase", "pH value")
+    last = _patient7(dictionary, PromptConfig(**{**cfg.__dict__, "visit_selection": "last"}))
+    assert "on: 2020-02-03, 2020-02-04." in last.user and "[NaN, 1235]" in last.user
+
+
+def test_minimum_budget_fits_min_features(dictionary: pd.DataFrame) -> None:
+    visits = _visits()
+    specs = feature_specs(dictionary, "tjh", list(visits.columns))
+    sizes = [
+        minimum_budget(specs, "tjh", "mortality", PromptConfig(min_features=k), len)
+        for k in (0, 1, 3)
+    ]
+    assert sizes[0] < sizes[1] < sizes[2]
+    cfg = PromptConfig(min_features=3, max_tokens=sizes[2], feature_filter="measured")
+    for pid in (7, 3):
+        prompt = serialize_patient(visits[visits.patient_id == pid], specs, "tjh", "mortality",
+                                   cfg, count_tokens=len)  # fmt: skip
+        assert prompt.fits_budget and len(prompt.features_shown) >= 2  # patient 3 measured 2
 
 
 def test_budget_with_measured_filter_reports_features_lost_with_visits(
@@ -222,6 +292,8 @@ def test_build_prompts_one_row_per_patient(dictionary: pd.DataFrame) -> None:
     assert frame["split"].tolist() == ["test", "train"] and frame["label"].tolist() == [0, 1]
     assert frame.loc[1, "prompt"] == _patient7(dictionary).text
     assert frame.loc[1, "n_visits"] == 3 and frame.loc[1, "n_features_shown"] == 6
+    assert list(frame.loc[1, "features_shown"]) == list(_patient7(dictionary).features_shown)
+    assert len(frame.loc[0, "features_shown"]) == frame.loc[0, "n_features_shown"] == 6
     assert set(frame.columns) >= {"system", "user", "n_tokens", "truncated", "dropped_features"}
     # One shared system message per partition: generation prefills it once for every prompt.
     assert frame["system"].nunique() == 1 and "Patient information" not in frame.loc[0, "system"]
@@ -238,12 +310,17 @@ def test_errors_are_input_data_errors(dictionary: pd.DataFrame) -> None:
         PromptConfig(feature_filter="some")  # type: ignore[arg-type]
 
 
-def test_seed_dictionary_has_the_example_features() -> None:
+def test_seed_dictionary_counts_and_example_names_no_feature() -> None:
+    """The worked example's placeholders match no dictionary name or alias of either dataset."""
+    from eagrl_pipeline.prompts import FeatureMatcher, dictionary_aliases
+
     seed = pd.read_csv(SEED)
-    for dataset, names in EXAMPLE_FEATURES.items():
-        assert set(names) <= set(seed.loc[seed.dataset == dataset, "feature_name"]), dataset
     assert len(feature_specs(seed, "tjh")) == 73
     assert len(feature_specs(seed, "mimic_iv")) == 47
+    for dataset in ("tjh", "mimic_iv"):
+        rows = seed[seed.dataset == dataset]
+        matcher = FeatureMatcher.build(rows.feature_name, dictionary_aliases(rows, dataset))
+        assert [matcher.match(name) for name in EXAMPLE_FEATURES] == [None, None]
 
 
 def _cohort_files() -> list[Path]:

@@ -35,7 +35,7 @@ def reasoning_run(experts_run, tmp_path_factory):
         instance=lineage["instance"],
         run_config={
             "ops": {
-                "llm_prompts": {"config": {"max_tokens": 1500}},
+                "llm_prompts": {"config": {"max_tokens": 1300, "max_features": None}},
                 "base_llm_predictions": {
                     "config": {"max_patients_per_split": 4, "max_new_tokens": 12}
                 },
@@ -59,11 +59,37 @@ def test_prompts_cover_every_patient_within_budget(reasoning_run):
     visits = pd.read_parquet(home / "artifacts" / "cohort_dataset" / PARTITION / "visits.parquet")
     assert set(prompts["patient_id"]) == set(visits["patient_id"])
     assert set(prompts["split"]) == {"train", "val", "test"}
-    assert (prompts["n_tokens"] <= 1500).all() and prompts["fits_budget"].all()
+    assert (prompts["n_tokens"] <= 1300).all() and prompts["fits_budget"].all()
     assert prompts["truncated"].any()  # the tiny tokenizer makes the budget bite
     assert prompts["user"].str.contains("Heart rate").any()
     meta = result.asset_materializations_for_node("llm_prompts")[0].metadata
-    assert meta["tokens_max"].value <= 1500
+    assert meta["tokens_max"].value <= 1300
+    assert (prompts["n_features_shown"] >= 1).all()
+    assert prompts["features_shown"].map(len).equals(prompts["n_features_shown"])
+    assert meta["prompts_without_features"].value == 0
+    assert meta["features_shown"].value["max"] == prompts["n_features_shown"].max()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["prompts_show_features"].passed
+
+
+def test_prompts_refuse_a_budget_below_min_features(reasoning_run, experts_run):
+    from definitions import all_assets
+
+    _, lineage = experts_run
+    *_, resources = reasoning_run
+    result = materialize(
+        all_assets,
+        selection=AssetSelection.assets("llm_prompts"),
+        partition_key=PARTITION,
+        resources=resources,
+        instance=lineage["instance"],
+        run_config={"ops": {"llm_prompts": {"config": {"max_tokens": 100, "min_features": 3}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "max_tokens=100" in message and "set max_tokens to at least" in message
 
 
 def test_base_predictions_are_parsed_and_scored(reasoning_run):
@@ -94,7 +120,6 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
         "step_max_new_tokens": 6,
         "rollout_max_new_tokens": 10,
         "batch_patients": 2,
-        "random_rollouts_per_patient": 1,
         "guided": False,  # unguided, the random model writes nothing parseable: the gate's case
     }
 
@@ -116,13 +141,16 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
     checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
     assert set(checks) == {
         "trajectories_parse",
+        "trajectories_kept_minimum",
         "trajectories_balanced",
-        "search_beats_random_rollouts",
+        "search_beats_sampling",
     }
     # A random tiny model writes nothing parseable: the gate must say so, blocking SFT.
     assert meta["trajectories_kept"].value == 0
-    assert not checks["trajectories_parse"].passed
-    assert "larger base model" in checks["trajectories_parse"].metadata["note"].value
+    assert not checks["trajectories_kept_minimum"].passed
+    assert "larger base model" in checks["trajectories_kept_minimum"].metadata["note"].value
+    assert not checks["search_beats_sampling"].passed  # nothing right on either side
+    assert meta["sampling_generated_tokens"].value > 0
     out = home / "artifacts" / "mcts_trajectories" / PARTITION
     (checkpoint,) = out.glob("search-*.jsonl")
     lines = checkpoint.read_text().splitlines()

@@ -4,18 +4,26 @@ interrupted run resumes, and bad settings fail before any model is loaded."""
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.prompts.features import FeatureMatcher
-from eagrl_pipeline.training.grpo import GRPOSettings, grpo_row, train_grpo
+from eagrl_pipeline.training.grpo import (
+    GRPOSettings,
+    grpo_row,
+    summarize_log_history,
+    train_grpo,
+)
 from eagrl_pipeline.training.sft import (
     LoraSettings,
     SFTSettings,
     build_sft_config,
+    run_fingerprint,
     split_by_patient,
     train_sft,
 )
@@ -137,7 +145,13 @@ def _rows() -> list[dict]:
 
 
 def test_grpo_two_steps_change_the_sft_adapter(tiny_dir: Path, sft_run, tmp_path: Path) -> None:
-    settings = GRPOSettings(max_steps=2, num_iterations=1, max_completion_length=64)
+    """The defaults: guided groups of 4, 2 prompts per step; micro-batches of 4 with accumulation
+    2 here, so ε is min-maxed over a generation batch the loss sees in two parts."""
+    settings = GRPOSettings(
+        max_steps=2, num_iterations=2, max_completion_length=64,
+        per_device_train_batch_size=4, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    assert settings.guided_generation and settings.groups_per_generation() == 2
     out = train_grpo(
         tiny_dir, sft_run.adapter_dir, _rows(), FeatureMatcher.build(FEATURES), settings, tmp_path
     )
@@ -147,8 +161,16 @@ def test_grpo_two_steps_change_the_sft_adapter(tiny_dir: Path, sft_run, tmp_path
     assert any(not torch.equal(before[k], after[k]) for k in before), "GRPO changed nothing"
     rewards = out.metric_series("reward_std")
     assert rewards and max(rewards) > 0, "no reward variance: the smoke test proves nothing"
-    assert out.metric_series("adaptive_clip/eps_high_mean"), "ε distribution not logged"
     assert out.metric_series("rewards/r_att/mean"), "reward parts not logged"
+    for stat in ("mean", "min", "max", "p10", "p50", "p90"):
+        assert out.metric_series(f"adaptive_clip/eps_high_{stat}"), f"ε {stat} not logged"
+    assert out.metric_series("clip_ratio/high_mean"), "clip fractions not logged"
+    summary = summarize_log_history(out.log_history, settings.groups_per_generation())
+    assert summary["generation_batches"] == 1  # 2 steps, each batch used for 2 iterations
+    assert summary["groups"] == 2
+    frac = out.metric_series("frac_reward_zero_std")[0]
+    assert summary["groups_with_reward_spread"] == round((1 - frac) * 2) >= 1
+    assert 0.2 <= summary["eps_high_min"] <= summary["eps_high_mean"] <= summary["eps_high_max"]
 
 
 @pytest.mark.parametrize(
@@ -204,14 +226,58 @@ def test_guided_grpo_samples_complete_answers(tiny_dir: Path, tmp_path: Path) ->
     matcher = FeatureMatcher.build(FEATURES)
     common = {"max_steps": 2, "num_iterations": 1, "max_completion_length": 192}
     free = train_grpo(
-        tiny_dir, weak.adapter_dir, _rows(), matcher, GRPOSettings(**common), tmp_path / "free"
-    )
-    guided = train_grpo(
         tiny_dir, weak.adapter_dir, _rows(), matcher,
-        GRPOSettings(**common, guided_generation=True), tmp_path / "guided",
+        GRPOSettings(**common, guided_generation=False), tmp_path / "free",
+    )  # fmt: skip
+    guided = train_grpo(  # the default: guided, one step before the final block
+        tiny_dir, weak.adapter_dir, _rows(), matcher, GRPOSettings(**common), tmp_path / "guided"
+    )
+    short = ScaffoldConfig(
+        subquestion_tokens=2, answer_tokens=2, final_subquestion_tokens=2, features_tokens=2,
+        final_answer_tokens=1,
+    )  # fmt: skip
+    capped = train_grpo(  # the configured caps reach the scaffold
+        tiny_dir, weak.adapter_dir, _rows(), matcher,
+        GRPOSettings(**common, scaffold=short), tmp_path / "capped",
     )  # fmt: skip
     assert max(free.metric_series("completions/clipped_ratio")) > 0.0
     assert set(guided.metric_series("completions/clipped_ratio")) == {0.0}
     assert min(guided.metric_series("completions/mean_terminated_length")) > 20
+    assert set(capped.metric_series("completions/clipped_ratio")) == {0.0}
+    assert max(capped.metric_series("completions/max_length")) < min(
+        guided.metric_series("completions/mean_terminated_length")
+    )
     with pytest.raises(ValueError, match="guided_steps"):
         GRPOSettings(guided_steps=-1).validate()
+
+
+def test_scaffold_is_part_of_the_settings_and_the_fingerprint() -> None:
+    settings = GRPOSettings(scaffold=ScaffoldConfig(features_tokens=8))
+    raw = asdict(settings)
+    assert raw["scaffold"]["features_tokens"] == 8
+    assert GRPOSettings(**raw) == settings  # the JSON spec of accelerate launch round-trips
+    assert run_fingerprint(raw) != run_fingerprint(asdict(GRPOSettings()))
+    assert GRPOSettings().num_generations == 4 and GRPOSettings().per_device_train_batch_size == 8
+
+
+def test_log_history_summary_counts_groups_with_reward_spread() -> None:
+    history = [
+        {"frac_reward_zero_std": 0.25, "adaptive_clip/eps_high_min": 0.2,
+         "adaptive_clip/eps_high_max": 0.35, "adaptive_clip/eps_high_mean": 0.3,
+         "clip_ratio/high_mean": 0.1},
+        {"loss": 0.5, "clip_ratio/high_mean": 0.3},  # a step on the same generation batch
+        {"frac_reward_zero_std": 1.0, "adaptive_clip/eps_high_min": 0.25,
+         "adaptive_clip/eps_high_max": 0.4, "adaptive_clip/eps_high_mean": 0.2},
+        {"train_runtime": 12.0},
+    ]  # fmt: skip
+    summary = summarize_log_history(history, groups_per_generation=4)
+    assert summary["generation_batches"] == 2 and summary["groups"] == 8
+    assert summary["groups_with_reward_spread"] == 3  # 0.75 x 4 + 0 x 4
+    assert summary["groups_with_reward_spread_fraction"] == pytest.approx(3 / 8)
+    assert summary["eps_high_min"] == 0.2 and summary["eps_high_max"] == 0.4
+    assert summary["eps_high_mean"] == pytest.approx(0.25)
+    assert summary["clip_ratio_high_mean"] == pytest.approx(0.2)
+    empty = summarize_log_history([], groups_per_generation=2)
+    assert empty["groups"] == 0 and empty["groups_with_reward_spread"] == 0
+    with pytest.raises(ValueError, match="groups_per_generation"):
+        summarize_log_history(history, groups_per_generation=0)

@@ -1,5 +1,6 @@
 """sft_checkpoint and rl_checkpoint through dagster.materialize with a tiny random Qwen2 model:
-adapters written, MLflow runs logged, gates evaluated, a bad config refused before training."""
+adapters written, MLflow runs logged, gates evaluated, a bad config refused before training; the
+RL gate's paired comparison on its own."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def training_run(experts_run, tmp_path_factory):
         partition_key=PARTITION,
         resources=resources,
         instance=lineage["instance"],
-        run_config={"ops": {"llm_prompts": {"config": {"max_tokens": 600}}}},
+        run_config={"ops": {"llm_prompts": {"config": {"max_tokens": 1200}}}},
     )
     prompts = pd.read_parquet(home / "artifacts" / "llm_prompts" / PARTITION / "prompts.parquet")
     train = prompts[prompts["split"] == "train"].head(6)
@@ -90,6 +91,10 @@ def training_run(experts_run, tmp_path_factory):
                         "max_completion_length": 24,
                         "val_prompts": 2,
                         "val_max_new_tokens": 16,
+                        # Two CPU steps rarely move greedy answers: accept any policy here, the
+                        # gate's decision is checked against its own interval below.
+                        "min_reward_gain": -10.0,
+                        "gate_resamples": 200,
                     }
                 },
             }
@@ -122,12 +127,31 @@ def test_rl_checkpoint_trains_from_the_sft_adapter(training_run):
     assert (out / "adapter" / "adapter_config.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["global_step"] == 2 and manifest["mlflow_run_id"] == meta["mlflow_run_id"].value
+    # Defaults: groups of 4, 8 completions per step, so 2 prompts (groups) per generation; with
+    # num_iterations=2 the 2 steps share one generation batch.
+    assert manifest["groups_per_generation"] == 2 and manifest["generation_batches"] == 1
+    assert 0 <= manifest["groups_with_reward_spread"] <= manifest["groups"] == 2
+    assert 0.2 <= manifest["eps_high_min"] <= manifest["eps_high_max"] <= 0.4
+    for key in ("clip_ratio_high_mean", "eps_high_p50", "span_fraction"):
+        assert key in manifest and key in meta
+    lo, gain, hi = (manifest[f"val_reward_gain{s}"] for s in ("_lo", "", "_hi"))
+    assert lo <= gain <= hi and manifest["val_patients"] == 2
+    assert gain == pytest.approx(manifest["val_reward_rl"] - manifest["val_reward_sft"])
+    for policy in ("sft", "rl"):
+        for part in ("r_cls", "r_att", "r_format"):
+            assert f"val_{part}_{policy}" in manifest
     run = resources["mlflow_tracking"].client().get_run(meta["mlflow_run_id"].value)
     assert "val_reward_rl" in run.data.metrics and "val_reward_sft" in run.data.metrics
+    assert "val_reward_gain_lo" in run.data.metrics
     assert any(key.startswith("rewards/r_cls") for key in run.data.metrics)
-    assert any(key.startswith("adaptive_clip") for key in run.data.metrics)
-    checks = {c.check_name for c in result.get_asset_check_evaluations()}
-    assert "rl_reward_improved" in checks
+    assert "frac_reward_zero_std" in run.data.metrics
+    for stat in ("mean", "min", "max", "p10", "p50", "p90"):
+        assert f"adaptive_clip/eps_high_{stat}" in run.data.metrics
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    gate = checks["rl_reward_improved"]
+    assert gate.passed == (lo > -10.0)
+    assert gate.metadata["val_patients"].value == 2
+    assert gate.metadata["val_reward_gain_lo"].value == pytest.approx(lo)
 
 
 def test_indivisible_grpo_batch_is_refused_before_training(training_run):
@@ -154,3 +178,33 @@ def test_indivisible_grpo_batch_is_refused_before_training(training_run):
         messages.append(str(error))
         error = error.__cause__ or error.__context__
     assert any("divisible by num_generations=4" in m for m in messages), messages
+
+
+def _answers(rewards: list[float], patients: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "patient_id": patients,
+            "reward": rewards,
+            "r_cls": rewards,
+            "r_att": [0.5] * len(rewards),
+            "r_format": [1.0] * len(rewards),
+        }
+    )
+
+
+def test_reward_gate_needs_a_credible_improvement() -> None:
+    from assets.training import reward_gate
+
+    patients = list(range(20))
+    sft = [-1.0 + 0.1 * i for i in range(20)]
+    same = reward_gate(_answers(sft, patients), _answers(sft, patients), 0.01)
+    assert not same["passed"] and same["val_reward_gain_lo"] == 0.0 == same["val_reward_gain_hi"]
+    better = [r + 0.05 for r in sft]
+    gate = reward_gate(_answers(sft, patients), _answers(better[::-1], patients[::-1]), 0.01)
+    assert gate["passed"] and gate["val_reward_gain"] == pytest.approx(0.05)  # paired by patient
+    assert gate["val_reward_gain_lo"] == pytest.approx(0.05) and gate["val_patients"] == 20
+    assert gate["val_reward_rl"] - gate["val_reward_sft"] == pytest.approx(0.05)
+    assert gate["val_r_att_rl"] == 0.5
+    assert not reward_gate(_answers(sft, patients), _answers(better, patients), 0.06)["passed"]
+    with pytest.raises(ValueError, match="same validation patients"):
+        reward_gate(_answers(sft, patients), _answers(sft[:19], patients[:19]), 0.01)

@@ -19,9 +19,9 @@ import html
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,10 +34,12 @@ from eagrl_pipeline.evaluation.report import (
     write_texts,
 )
 from eagrl_pipeline.evaluation.robustness import (
+    count_feature_lines,
     patient_seed,
     permute_feature_columns,
     permute_prompt_features,
 )
+from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.prompts import FeatureMatcher, dictionary_aliases, parse_response
 from eagrl_pipeline.rewards import RewardWeights, reward_parts
 
@@ -53,6 +55,7 @@ class PromptSet:
     labels: tuple[int, ...]
     system: tuple[str, ...]
     user: tuple[str, ...]
+    unpermutable: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.patient_ids)
@@ -85,25 +88,42 @@ class PromptSet:
 
     def permuted(self, fraction: float, seed: int) -> PromptSet:
         """The same patients with ``fraction`` of each prompt's feature lines moved; each patient
-        gets its own permutation (``patient_seed(seed, patient_id)``), stable across runs."""
-        users = []
+        gets its own permutation (``patient_seed(seed, patient_id)``), stable across runs.
+
+        A prompt with fewer than two feature lines has no order to permute: it stays as it is
+        and its patient is listed in ``unpermutable`` (the report says how many)."""
+        users, unpermutable = [], []
         for pid, user in zip(self.patient_ids, self.user, strict=True):
-            try:
-                users.append(permute_prompt_features(user, fraction, patient_seed(seed, pid)))
-            except ValueError as exc:
-                raise ValueError(f"patient {pid}: {exc}") from exc
-        return dataclasses.replace(self, user=tuple(users))
+            if count_feature_lines(user) < 2:
+                users.append(user)
+                unpermutable.append(pid)
+                continue
+            users.append(permute_prompt_features(user, fraction, patient_seed(seed, pid)))
+        return dataclasses.replace(self, user=tuple(users), unpermutable=tuple(unpermutable))
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding of the evaluation: greedy, so a rerun reproduces every answer."""
+    """Decoding of the evaluation: greedy, so a rerun reproduces every answer.
+
+    ``readout`` says which probability an answer stands for. ``"expected"`` (guided decoding
+    only): the expectation of the probability the model writes, under its own distribution at
+    the answer's first digit (``GenerationResult.answer_expectation``); the greedy text is that
+    distribution's mode, which collapses a small model's ranking of patients onto a few values.
+    ``"text"``: the number written. Both are kept per answer; the rewards use the readout.
+    """
 
     max_new_tokens: int = 160
     batch_size: int = 8
     seed: int = 0
     guided: bool = True
     guided_steps: int = 1
+    scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
+    readout: Literal["expected", "text"] = "expected"
+
+    def __post_init__(self) -> None:
+        if self.readout not in ("expected", "text"):
+            raise ValueError(f"readout must be 'expected' or 'text', got {self.readout!r}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ def llm_predictions(
         do_sample=False,
         seed=settings.seed,
         batch_size=settings.batch_size,
-        scaffold=ResponseScaffold(tokenizer) if settings.guided else None,
+        scaffold=ResponseScaffold(tokenizer, settings.scaffold) if settings.guided else None,
         scaffold_steps=settings.guided_steps,
     )
     out: dict[K, LLMAnswers] = {}
@@ -157,6 +177,10 @@ def llm_predictions(
             prompts.patient_ids, prompts.labels, results[start : start + len(prompts)], strict=True
         ):
             parsed = parse_response(result.text, matcher)
+            written = parsed.probability
+            expected = result.answer_expectation
+            if settings.readout == "expected" and written is not None and expected is not None:
+                parsed = dataclasses.replace(parsed, probability=expected)
             top_k = list(expert_top_k.get(pid, []))
             parts = reward_parts(parsed, label, top_k, weights or RewardWeights())
             rows.append(
@@ -164,6 +188,8 @@ def llm_predictions(
                     "patient_id": pid,
                     "label": label,
                     "probability": np.nan if parsed.probability is None else parsed.probability,
+                    "probability_text": np.nan if written is None else written,
+                    "answer_expectation": np.nan if expected is None else expected,
                     "valid": parsed.is_valid,
                     "errors": "; ".join(parsed.errors),
                     "important_features": list(parsed.important_features),

@@ -72,6 +72,15 @@ def permuted_positions(n_features: int, fraction: float, seed: int) -> np.ndarra
     return perm
 
 
+def count_feature_lines(prompt_text: str) -> int:
+    """How many feature lines (``FEATURE_LINE``) a prompt holds.
+
+    >>> count_feature_lines("- Sex: male\n- LDH (Unit: U/L): [310, NaN]\n- pH: [7.4]")
+    2
+    """
+    return sum(1 for line in prompt_text.split("\n") if FEATURE_LINE.match(line.rstrip("\r")))
+
+
 def permute_prompt_features(prompt_text: str, fraction: float, seed: int) -> str:
     """The prompt with its feature lines reordered by ``permuted_positions``; every other line
     (demographics, visit dates, task, format, example) and every line ending stays byte-identical.

@@ -36,7 +36,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
-from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
+from eagrl_pipeline.llm.guided import ResponseScaffold
 from eagrl_pipeline.llm.kv_cache import append_in_place, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
 
@@ -46,12 +46,18 @@ DTypeName = Literal["auto", "bf16", "fp32"]
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Decoded completion and token counts; ``finished`` means it stopped at an EOS token."""
+    """Decoded completion and token counts; ``finished`` means it stopped at an EOS token.
+
+    ``answer_expectation``: with a scaffold that forces the answer's ``0.``, the expected
+    probability under the model's distribution at the answer's first digit (see
+    ``eagrl_pipeline.llm.guided``); None without one.
+    """
 
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
     finished: bool
+    answer_expectation: float | None = None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -68,27 +74,57 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-@functools.cache
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids on).
+# CPU flags that mean bf16 dot products run in hardware: Intel AMX tiles (Sapphire Rapids on),
+# and AVX-512 BF16 (Cooper Lake, AMD Zen 4 on).
+NATIVE_BF16_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
 
-    There a bf16 matmul runs ~4x faster than fp32 (measured here, 2 threads: 1,111 vs 274
-    GFLOP/s) and SmolLM2's decoding step ~1.8x faster; elsewhere CPU bf16 is emulated and slower
-    than fp32. Linux reports the flag in /proc/cpuinfo; other systems count as without.
+
+@functools.cache
+def cpu_native_bf16() -> str | None:
+    """The first flag of ``NATIVE_BF16_FLAGS`` this CPU reports, or None.
+
+    Where bf16 is native, generation in bf16 is faster than fp32 (measured on 2 threads: an AMX
+    Xeon 1,111 vs 274 GFLOP/s on a 2048³ matmul; an AMD EPYC with AVX-512 BF16 and no AMX 415 vs
+    182, and 352 vs 159 on a 64-row decoding-shaped product); elsewhere torch emulates bf16,
+    slower than fp32. Flags rather than a timing decide, so the choice is the same from run to
+    run on one machine (:func:`bf16_speed_probe` measures it for the record). Linux reports the
+    flags in /proc/cpuinfo; other systems count as without.
     """
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
+        return None
+    return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
+
+
+@functools.cache
+def bf16_speed_probe(rows: int = 64, inner: int = 576, cols: int = 1536) -> dict[str, float]:
+    """GFLOP/s of one decoding-shaped matmul (SmolLM2's MLP at 64 rows) in fp32 and bf16 on this
+    CPU, about 0.1 s: the evidence next to :func:`cpu_native_bf16`'s choice in asset metadata."""
+    import time
+
+    out: dict[str, float] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        reps, started = 50, time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        seconds = time.perf_counter() - started
+        out[f"{name}_gflops"] = round(2 * rows * inner * cols * reps / seconds / 1e9, 1)
+    out["bf16_speedup"] = round(out["bf16_gflops"] / out["fp32_gflops"], 2)
+    return out
 
 
 def resolve_dtype(dtype: DTypeName | str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a bf16-capable GPU or an AMX CPU, fp32 elsewhere (emulated bf16 on
-    other CPUs is slower than fp32)."""
+    """``auto`` is bf16 on a bf16-capable GPU or a CPU with native bf16 (AMX or AVX-512 BF16),
+    fp32 elsewhere (emulated bf16 on other CPUs is slower than fp32)."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if bf16_supported(device) else torch.float32
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_amx_bf16() else torch.float32
+        native = device.type == "cpu" and cpu_native_bf16() is not None
+        return torch.bfloat16 if native else torch.float32
     if dtype == "fp32":
         return torch.float32
     if dtype == "bf16":
@@ -96,6 +132,20 @@ def resolve_dtype(dtype: DTypeName | str, device: torch.device) -> torch.dtype:
             raise ValueError(f"dtype 'bf16' is not supported on {device}; use 'fp32' or 'auto'.")
         return torch.bfloat16
     raise ValueError(f"unknown dtype {dtype!r}; expected 'auto', 'bf16' or 'fp32'.")
+
+
+def dtype_choice(dtype: DTypeName | str, device: torch.device) -> dict[str, Any]:
+    """What ``resolve_dtype`` picked and why, for asset metadata."""
+    chosen = resolve_dtype(dtype, device)
+    out: dict[str, Any] = {
+        "generation_dtype": str(chosen).removeprefix("torch."),
+        "dtype_setting": dtype,
+        "device": str(device),
+    }
+    if device.type == "cpu":
+        out["cpu_native_bf16_flag"] = cpu_native_bf16() or "none"
+        out.update({f"cpu_probe_{k}": v for k, v in bf16_speed_probe().items()})
+    return out
 
 
 def load_model(
@@ -332,17 +382,20 @@ def generate_batch(
             attention = nullcontext()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + b)
-            guide = LogitsProcessorList(
-                [scaffold.processor([RowPlan("answer", scaffold_steps)] * len(rows))]
+            guided = (
+                scaffold.processor(
+                    [scaffold.plan("answer", scaffold_steps, False, prompts[i]) for i in rows]
+                )
                 if scaffold is not None
-                else []
+                else None
             )
+            guide = LogitsProcessorList([guided] if guided is not None else [])
             if do_sample:
                 guide.append(TopKTopPSampler(temperature, top_p, top_k))
             with attention:
                 output = model.generate(**batch, generation_config=config, logits_processor=guide)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        for i, tokens in zip(rows, new_tokens, strict=True):
+        for j, (i, tokens) in enumerate(zip(rows, new_tokens, strict=True)):
             stop = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
             kept = tokens if stop is None else tokens[: stop + 1]
             results[i] = GenerationResult(
@@ -350,5 +403,6 @@ def generate_batch(
                 n_prompt_tokens=len(encoded[i]),
                 n_new_tokens=len(kept),
                 finished=stop is not None,
+                answer_expectation=guided.answer_expectations[j] if guided else None,
             )
     return [results[i] for i in range(len(texts))]

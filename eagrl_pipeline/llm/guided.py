@@ -5,13 +5,29 @@ tags, and a run where no answer parses leaves the MCTS nothing to distil. The sc
 only the tags and the transitions between them (sub-question -> answer -> ... -> final
 sub-question -> important features -> final answer); every token inside a tag is the model's
 own sample, a tag may close early where the model writes its closing tag, and a per-tag token
-cap closes it where the model rambles. The final-answer slot only admits digits, '.', '%' and
-whitespace. A strong model loses nothing by the scaffold; switch it off to measure unaided
-format-following. Works on any Hugging Face tokenizer (token texts are decoded once).
+cap closes it where the model rambles. The final-answer slot starts with a forced ``0.`` (a
+probability's leading digits) and then only admits digits, '.', '%' and whitespace. A strong model
+loses nothing by the scaffold; switch it off to measure unaided format-following. Works on any
+Hugging Face tokenizer (token texts are decoded once).
+
+The important features. With ``features_from_prompt`` the ``<Important Features>`` slot only
+admits the names of the features the row's prompt shows (its ``- Name (...): [...]`` lines),
+comma-separated, each at most once, at most ``max_listed_features`` of them: which names, how
+many and in what order stay the model's choice. A small model otherwise copies the worked
+example's placeholders or writes dates, and R_att, which compares this list with the expert's
+top-k among the shown features, has nothing to rank trajectories by.
+
+The answer's distribution. Where the model picks the first free digit after the forced ``0.``, the
+processor also records the expectation of the probability it is about to write, under its own
+next-token distribution over digit tokens (:attr:`ScaffoldProcessor.answer_expectations`). A greedy
+answer is that distribution's mode, which collapses a small model's ranking of patients onto a
+handful of values ("0.2" for most); the expectation keeps the ranking, at no extra forward pass.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,17 +54,46 @@ CLOSE = {
     "final": "</Final answer>",
 }
 _NUMERIC = re.compile(r"^[ 0-9.%]*$")
+_DIGITS = re.compile(r"^[0-9]+$")
 
 
 @dataclass(frozen=True)
 class ScaffoldConfig:
-    """Per-tag token caps (content tokens; the tags themselves are forced on top)."""
+    """Per-tag token caps (content tokens; the tags themselves are forced on top) and the text
+    forced at the start of the final answer.
+
+    ``answer_prefix`` ``"0."`` makes every final answer a decimal probability written digit by
+    digit, so the digit distribution after it is the answer's distribution (see the module
+    docstring); ``""`` leaves the whole answer to the model and records no expectation.
+    """
 
     subquestion_tokens: int = 20
     answer_tokens: int = 32
     final_subquestion_tokens: int = 16
     features_tokens: int = 32
-    final_answer_tokens: int = 6
+    final_answer_tokens: int = 4
+    answer_prefix: str = "0."
+    features_from_prompt: bool = True
+    max_listed_features: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_listed_features < 1:
+            raise ValueError(
+                f"ScaffoldConfig.max_listed_features must be >= 1, got {self.max_listed_features}"
+            )
+        for name in (
+            "subquestion_tokens",
+            "answer_tokens",
+            "final_subquestion_tokens",
+            "features_tokens",
+            "final_answer_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ScaffoldConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.answer_prefix not in ("", "0."):
+            raise ValueError(
+                f"ScaffoldConfig.answer_prefix must be '0.' or '', got {self.answer_prefix!r}"
+            )
 
     def cap(self, segment: Segment) -> int:
         return {
@@ -73,6 +118,27 @@ class RowPlan:
     kind: PlanKind
     steps: int = 0
     after_text: bool = False
+    features: tuple[str, ...] = ()  # names the features slot may list (empty: free text)
+
+
+# A prompt's feature line (``serialize.feature_line``): "- Name (Unit: U. Reference range: R):
+# [v1, v2]", the parenthetical only when there is a unit or a range.
+_FEATURE_LINE = re.compile(
+    r"^- (?P<name>.+?)(?: \((?:Unit|Reference range): [^\n]*\))?: \[[^\[\]\n]*\]\r?$"
+)
+
+
+def prompt_feature_names(prompt: str | Sequence[dict[str, str]]) -> tuple[str, ...]:
+    """The feature names a prompt shows, in order (for a conversation: its last user message).
+
+    >>> prompt_feature_names("- Sex: male\\n- Lymphocytes (%) (Unit: %): [20]\\n- pH: [7.4, NaN]")
+    ('Lymphocytes (%)', 'pH')
+    """
+    if not isinstance(prompt, str):
+        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+        prompt = users[-1] if users else ""
+    names = [m["name"] for line in prompt.split("\n") if (m := _FEATURE_LINE.match(line))]
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -84,6 +150,10 @@ class _Row:
     n_content: int = 0
     queue: list[int] = field(default_factory=list)
     started: bool = False
+    read_answer: bool = False
+    names: list[list[int]] | None = None  # token ids of each listable feature name
+    current: list[int] = field(default_factory=list)  # ids of the name being written
+    listed: set[int] = field(default_factory=set)  # names already listed
 
 
 class ResponseScaffold:
@@ -110,12 +180,42 @@ class ResponseScaffold:
         self.banned["final"] = self.banned["final"] | (~numeric & ~self._close_starters("final"))
         eos = tokenizer.eos_token_id
         self.end_id = eos if eos is not None else tokenizer.pad_token_id
+        # Tokens that are all digits, and the probability each starts after "0.": the midpoint of
+        # what the answer can still become ("8" -> 0.85, "83" -> 0.835).
+        digit_tokens = [(i, t) for i, t in enumerate(self.token_text) if _DIGITS.match(t)]
+        self.digit_ids = torch.tensor([i for i, _ in digit_tokens], dtype=torch.long)
+        self.digit_values = torch.tensor(
+            [(int(t) + 0.5) / 10 ** len(t) for _, t in digit_tokens], dtype=torch.float64
+        )
 
     def _close_starters(self, segment: str) -> torch.Tensor:
         return torch.tensor([_starts_close(t, CLOSE[segment]) for t in self.token_text])
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @functools.cached_property
+    def comma_id(self) -> int:
+        return self.encode(",")[0]
+
+    @functools.cached_property
+    def features_close_ids(self) -> list[int]:
+        return self.encode(" " + CLOSE["feat"])
+
+    def name_ids(self, names: Sequence[str]) -> list[list[int]] | None:
+        """Token ids of each name as written after a space; None (free text) without names."""
+        if not self.config.features_from_prompt or not names:
+            return None
+        return [self._name_ids(name) for name in names]
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one scaffold per tokenizer, kept for a run
+    def _name_ids(self, name: str) -> list[int]:
+        return self.encode(" " + name)
+
+    def plan(self, kind: PlanKind, steps: int, after_text: bool, prompt: Any) -> RowPlan:
+        """A row's plan, with the feature names of its prompt when the slot is constrained."""
+        names = prompt_feature_names(prompt) if self.config.features_from_prompt else ()
+        return RowPlan(kind, steps, after_text, names)
 
     def processor(self, plans: Sequence[RowPlan]) -> ScaffoldProcessor:
         return ScaffoldProcessor(self, plans)
@@ -138,12 +238,17 @@ class ScaffoldProcessor(LogitsProcessor):
 
     def __init__(self, scaffold: ResponseScaffold, plans: Sequence[RowPlan]):
         self.scaffold = scaffold
-        self.rows = [_Row(plan) for plan in plans]
+        self.rows = [_Row(plan, names=scaffold.name_ids(plan.features)) for plan in plans]
         self.width: int | None = None
+        self.answer_expectations: list[float | None] = [None] * len(self.rows)
 
     def _enter(self, row: _Row, segment: Segment, lead: str) -> None:
-        row.queue += self.scaffold.encode(lead + OPEN[segment])
+        forced = lead + OPEN[segment]
+        if segment == "final" and self.scaffold.config.answer_prefix:
+            forced += " " + self.scaffold.config.answer_prefix
+        row.queue += self.scaffold.encode(forced)
         row.segment, row.content, row.n_content = segment, "", 0
+        row.current, row.listed = [], set()
 
     def _start(self, row: _Row) -> None:
         plan, lead = row.plan, "\n" if row.plan.after_text else ""
@@ -187,7 +292,23 @@ class ScaffoldProcessor(LogitsProcessor):
                 self._start(row)
             elif not first:
                 self._step(row, last[i])
+            if row.segment == "final" and not row.queue and not row.read_answer:
+                self._read_answer(i, row, scores[i])
         return self._mask(scores)
+
+    def _read_answer(self, i: int, row: _Row, logits: torch.Tensor) -> None:
+        """The expected probability at the answer's first free digit (after the forced "0.")."""
+        row.read_answer = True
+        if not self.scaffold.config.answer_prefix:
+            return
+        keep = self.scaffold.digit_ids < logits.shape[-1]
+        ids, values = self.scaffold.digit_ids[keep], self.scaffold.digit_values[keep]
+        if ids.numel() == 0:
+            return
+        probs = torch.softmax(logits.detach().double(), dim=-1)[ids.to(logits.device)].cpu()
+        total = float(probs.sum())
+        if total > 0.0 and math.isfinite(total):
+            self.answer_expectations[i] = float((probs * values).sum() / total)
 
     def _step(self, row: _Row, token: int) -> None:
         """Account for the token just generated."""
@@ -201,6 +322,9 @@ class ScaffoldProcessor(LogitsProcessor):
         if row.segment == "done":
             return
         text = self.scaffold.token_text[token] if token < len(self.scaffold.token_text) else ""
+        if row.segment == "feat" and row.names is not None:
+            self._step_name(row, token, text)
+            return
         row.content += text
         row.n_content += 1
         close = CLOSE[row.segment]
@@ -212,6 +336,46 @@ class ScaffoldProcessor(LogitsProcessor):
             self._force_close(row, close[len(row.content) - lt :])
         elif row.n_content >= self.scaffold.config.cap(row.segment):
             self._force_close(row, ("" if row.content[-1:].isspace() else " ") + close)
+
+    def _step_name(self, row: _Row, token: int, text: str) -> None:
+        """A constrained feature list: the token continues an item, which is a name followed by
+        a comma or by the closing tag (``_name_items``)."""
+        row.content += text
+        row.n_content += 1
+        row.current.append(token)
+        for i, ids, end in self._name_items(row):
+            if ids + end == row.current:
+                if i is not None:
+                    row.listed.add(i)
+                row.current = []
+                if end != [self.scaffold.comma_id]:
+                    self._close(row)
+                return
+
+    def _name_items(self, row: _Row) -> list[tuple[int | None, list[int], list[int]]]:
+        """(name index, its ids, what ends it) for every item the list may still hold: an
+        unlisted name and a comma (while more may follow), an unlisted name and the closing
+        tag, or the closing tag alone once nothing is left to list."""
+        assert row.names is not None
+        comma, close = [self.scaffold.comma_id], self.scaffold.features_close_ids
+        left = [i for i in range(len(row.names)) if i not in row.listed]
+        more = len(row.listed) + 1 < self.scaffold.config.max_listed_features and len(left) > 1
+        items: list[tuple[int | None, list[int], list[int]]] = []
+        for i in left:
+            items.append((i, row.names[i], close))
+            if more:
+                items.append((i, row.names[i], comma))
+        return items or [(None, [], close)]
+
+    def _name_options(self, row: _Row) -> list[int]:
+        """Tokens a constrained feature list may take next."""
+        n = len(row.current)
+        options = {
+            (ids + end)[n]
+            for _, ids, end in self._name_items(row)
+            if len(ids + end) > n and (ids + end)[:n] == row.current
+        }
+        return sorted(options)
 
     def _force_close(self, row: _Row, rest: str) -> None:
         ids = self.scaffold.encode(rest)
@@ -233,6 +397,14 @@ class ScaffoldProcessor(LogitsProcessor):
             if forced is not None:
                 out[i].fill_(low)
                 out[i, forced] = 0.0
+                continue
+            if row.segment == "feat" and row.names is not None:
+                options = [t for t in self._name_options(row) if t < width]
+                if not options:  # cannot happen by construction; end the list rather than hang
+                    options = self.scaffold.features_close_ids[:1]
+                kept = out[i, options].clone()
+                out[i].fill_(low)
+                out[i, options] = kept
                 continue
             banned = self.scaffold.banned[row.segment]
             n = min(width, banned.shape[0])

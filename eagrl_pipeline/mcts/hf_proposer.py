@@ -34,7 +34,7 @@ from transformers import (
 
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
 from eagrl_pipeline.llm.generation import render_prompts, reuse_blocker, shared_prefix_length
-from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan, ScaffoldConfig
+from eagrl_pipeline.llm.guided import ResponseScaffold, ScaffoldConfig
 from eagrl_pipeline.llm.kv_cache import KVArena, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
 from eagrl_pipeline.mcts.search import FINAL_PREFIX, NodeState, is_terminal
@@ -276,11 +276,14 @@ class HFProposer:
         plans = []
         for s in states:
             if s.force_final:
-                plan = RowPlan("finish")
+                plan = self.scaffold.plan("finish", 0, False, s.prompt)
             elif rollout:
-                plan = RowPlan("answer", self.config.rollout_steps, bool(s.steps_text))
+                steps = self.config.rollout_steps
+                if s.steps_left is not None:  # a rollout never writes past the tree's depth
+                    steps = min(steps, s.steps_left)
+                plan = self.scaffold.plan("answer", steps, bool(s.steps_text), s.prompt)
             else:
-                plan = RowPlan("step", after_text=bool(s.steps_text))
+                plan = self.scaffold.plan("step", 0, bool(s.steps_text), s.prompt)
             plans += [plan] * n
         return LogitsProcessorList([self.scaffold.processor(plans)])
 

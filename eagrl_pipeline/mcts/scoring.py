@@ -41,4 +41,5 @@ class EagrlScorer:
             reward=parts.total,
             parts={"r_cls": parts.r_cls, "r_att": parts.r_att, "r_format": parts.r_format},
             valid=parsed.is_valid,
+            probability=parsed.probability,
         )

@@ -50,13 +50,22 @@ class NodeState:
     steps_text: str
     force_final: bool = False
     depth: int = 0
+    max_depth: int | None = None  # steps a finished response may hold (None: no limit)
+
+    @property
+    def steps_left(self) -> int | None:
+        """Steps a rollout from here may still write before its final block."""
+        return None if self.max_depth is None else max(0, self.max_depth - self.depth)
 
 
 @dataclass(frozen=True)
 class ScoredResponse:
+    """A complete response's reward; ``probability`` is its final answer (None: unreadable)."""
+
     reward: float
     parts: dict[str, float] = field(default_factory=dict)
     valid: bool = True
+    probability: float | None = None
 
 
 @runtime_checkable
@@ -94,16 +103,14 @@ class MCTSConfig:
     max_depth: int = 3
     uct_c: float = math.sqrt(2)
     rollouts_per_leaf: int = 1
-    top_k_trajectories: int = 2
-    min_reward: float = 0.0
     seed: int = 0
     simulate_siblings: bool = True
 
     def __post_init__(self) -> None:
         if self.n_simulations < 1 or self.branching < 1 or self.rollouts_per_leaf < 1:
             raise ValueError("n_simulations, branching and rollouts_per_leaf must be >= 1")
-        if self.max_depth < 0 or self.top_k_trajectories < 1 or self.uct_c < 0:
-            raise ValueError("max_depth >= 0, top_k_trajectories >= 1 and uct_c >= 0 required")
+        if self.max_depth < 0 or self.uct_c < 0:
+            raise ValueError("max_depth >= 0 and uct_c >= 0 required")
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class Trajectory:
     valid: bool
     depth: int
     source: str  # "terminal" (a tree node) or "rollout"
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,12 @@ class _Tree:
 
     def state(self, node: _Node, max_depth: int) -> NodeState:
         return NodeState(
-            self.task.key, self.task.prompt, node.steps_text, node.depth >= max_depth, node.depth
+            self.task.key,
+            self.task.prompt,
+            node.steps_text,
+            node.depth >= max_depth,
+            node.depth,
+            max_depth,
         )
 
     def score(self, scorer: Scorer, text: str, source: str) -> ScoredResponse:
@@ -225,6 +238,7 @@ class _Tree:
                 valid=bool(scored.valid),
                 depth=len(steps),
                 source=source,
+                probability=scored.probability,
             )
         return scored
 
@@ -295,7 +309,7 @@ def _result(tree: _Tree, config: MCTSConfig) -> SearchResult:
     )
     return SearchResult(
         patient_key=tree.task.key,
-        trajectories=ranked[: config.top_k_trajectories],
+        trajectories=ranked,
         best_reward=ranked[0].reward if ranked else None,
         stats=stats,
     )
@@ -399,23 +413,62 @@ def run_search(
     return results
 
 
+def is_correct_side(probability: float | None, label: int, margin: float = 0.0) -> bool:
+    """Whether an answer is on the label's side of 0.5, by more than ``margin``.
+
+    >>> is_correct_side(0.7, 1), is_correct_side(0.7, 0), is_correct_side(0.55, 1, margin=0.1)
+    (True, False, False)
+    >>> is_correct_side(None, 1)
+    False
+    """
+    if probability is None or not math.isfinite(probability):
+        return False
+    return probability > 0.5 + margin if label == 1 else probability < 0.5 - margin
+
+
+@dataclass(frozen=True)
+class SampledResponse:
+    """One plain rollout from the root: the sampling baseline's unit."""
+
+    reward: float
+    valid: bool
+    probability: float | None
+
+
 def random_rollouts(
     patients: Sequence[PatientTask],
     proposer: Proposer,
     scorer: Scorer,
-    n_per_patient: int,
+    n_per_patient: int | Mapping[str, int],
     seed: int,
-) -> list[float]:
-    """Rewards of plain rollouts from the root: the baseline the search must beat."""
-    states = [NodeState(p.key, p.prompt, "") for p in patients for _ in range(n_per_patient)]
-    texts = proposer.rollout(states, seed) if states else []
-    rewards = [
-        float(scorer.score(s.patient_key, t).reward) for s, t in zip(states, texts, strict=True)
+    max_depth: int | None = None,
+) -> dict[str, list[SampledResponse]]:
+    """Plain rollouts from each patient's root (best-of-N sampling, no tree): the baseline the
+    search must beat. ``n_per_patient`` may differ per patient, so each patient gets as many
+    samples as its search produced trajectories (equal budget); ``max_depth`` bounds their
+    steps as the search's."""
+    counts = {
+        p.key: n_per_patient if isinstance(n_per_patient, int) else int(n_per_patient[p.key])
+        for p in patients
+    }
+    states = [
+        NodeState(p.key, p.prompt, "", max_depth=max_depth)
+        for p in patients
+        for _ in range(counts[p.key])
     ]
+    texts = proposer.rollout(states, seed) if states else []
+    if len(texts) != len(states):
+        raise ValueError("proposer.rollout must return one text per state")
+    out: dict[str, list[SampledResponse]] = {p.key: [] for p in patients}
+    for state, text in zip(states, texts, strict=True):
+        scored = scorer.score(state.patient_key, text)
+        out[state.patient_key].append(
+            SampledResponse(float(scored.reward), bool(scored.valid), scored.probability)
+        )
     release = getattr(proposer, "release", None)
     if callable(release):
         release([p.key for p in patients])
-    return rewards
+    return out
 
 
 def select_trajectories(
@@ -425,19 +478,27 @@ def select_trajectories(
     top_k: int,
     min_reward: float,
     target_per_class: int | None = None,
+    margin: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """The SFT set: each patient's top-k valid trajectories above ``min_reward``, class-balanced.
+    """The SFT set: each patient's best ``top_k`` trajectories that are *right*, class-balanced.
 
-    Both classes are capped at the smaller class's count, or at ``target_per_class`` when given
-    (a class with fewer records keeps all of them). Capping drops by rank round-robin (every
-    patient's best first), so it removes second-best trajectories before whole patients.
+    A trajectory is kept only when it parses, its final answer is on the correct side of 0.5
+    by more than ``margin`` (``is_correct_side``: a parseable wrong answer is never a
+    distillation target), and its reward is at least ``min_reward``. Both classes are capped at
+    the smaller class's count, or at ``target_per_class`` when given (a class with fewer records
+    keeps all of them). Capping drops by rank round-robin (every patient's best first), so it
+    removes second-best trajectories before whole patients.
     """
     by_class: dict[int, list[tuple[int, float, dict[str, Any]]]] = {0: [], 1: []}
     for result in results:
         label = int(labels[result.patient_key])
         if label not in by_class:
             raise ValueError(f"labels must be 0 or 1, got {label} for {result.patient_key}")
-        kept = [t for t in result.trajectories if t.valid and t.reward >= min_reward]
+        kept = [
+            t
+            for t in result.trajectories
+            if t.valid and t.reward >= min_reward and is_correct_side(t.probability, label, margin)
+        ]
         for rank, traj in enumerate(sorted(kept, key=lambda t: -t.reward)[:top_k]):
             record = {
                 "patient_key": result.patient_key,
@@ -447,6 +508,7 @@ def select_trajectories(
                 "steps": list(traj.steps),
                 "final": traj.final,
                 "reward": traj.reward,
+                "probability": traj.probability,
                 "parts": dict(traj.parts),
                 "depth": traj.depth,
                 "source": traj.source,
@@ -461,6 +523,69 @@ def select_trajectories(
         ordered = sorted(by_class[label], key=lambda item: (item[0], item[1]))
         selected.extend(record for _, _, record in ordered[:cap])
     return selected
+
+
+@dataclass(frozen=True)
+class ClassComparison:
+    """Search against best-of-N sampling for one class, at the same number of trajectories."""
+
+    patients: int
+    search_mean_best_reward: float | None
+    sampling_mean_best_reward: float | None
+    search_correct_rate: float  # patients with a right, valid trajectory
+    sampling_correct_rate: float
+
+    @property
+    def search_wins(self) -> bool:
+        """The search's best is at least sampling's, in reward and in patients answered right,
+        and it answered some patient right (a tie at nothing shows nothing)."""
+        if self.search_mean_best_reward is None or self.sampling_mean_best_reward is None:
+            return False
+        return (
+            self.search_correct_rate > 0
+            and self.search_mean_best_reward >= self.sampling_mean_best_reward
+            and self.search_correct_rate >= self.sampling_correct_rate
+        )
+
+
+def compare_with_sampling(
+    results: Sequence[SearchResult],
+    sampled: Mapping[str, Sequence[SampledResponse]],
+    labels: Mapping[str, int],
+    margin: float = 0.0,
+) -> dict[int, ClassComparison]:
+    """Per class: the mean over patients of the best reward, and the share of patients with a
+    right (``is_correct_side``) valid answer, for the search and for sampling."""
+    out: dict[int, ClassComparison] = {}
+    for label in (0, 1):
+        mine = [r for r in results if int(labels[r.patient_key]) == label]
+        if not mine:
+            continue
+        search_best = [r.best_reward for r in mine if r.best_reward is not None]
+        sample_best = [
+            max(s.reward for s in sampled[r.patient_key])
+            for r in mine
+            if sampled.get(r.patient_key)
+        ]
+        search_right = [
+            any(t.valid and is_correct_side(t.probability, label, margin) for t in r.trajectories)
+            for r in mine
+        ]
+        sample_right = [
+            any(
+                s.valid and is_correct_side(s.probability, label, margin)
+                for s in sampled.get(r.patient_key, ())
+            )
+            for r in mine
+        ]
+        out[label] = ClassComparison(
+            patients=len(mine),
+            search_mean_best_reward=_mean(search_best),
+            sampling_mean_best_reward=_mean(sample_best),
+            search_correct_rate=sum(search_right) / len(mine),
+            sampling_correct_rate=sum(sample_right) / len(mine),
+        )
+    return out
 
 
 def _read_checkpoint(path: Path) -> dict[str, SearchResult]:

@@ -4,6 +4,13 @@ Values are the cohort's raw daily values (not z-scores), so the model can compar
 reference ranges it is shown. The token budget is enforced here, not left to truncation by the
 tokenizer, because cutting the end of a prompt would remove the task and the response format.
 
+What a prompt shows is chosen for the patient, within the budget: features in a priority order
+the caller gives (the pipeline passes the expert's importance averaged over the training split,
+something the model could know at inference, never the patient's own label or expert output),
+measured ones only, and the most recent visits that hold a measurement of a shown feature (a
+sparse discharge-day record does not crowd out the last full panel). Over the budget, visits go
+first (down to one), then the lowest-priority features.
+
 The system message holds everything a partition's prompts share (persona, task, instructions,
 response format, worked example) and the user message the patient, so every prompt of a
 partition starts with the same tokens and generation computes that prefix once
@@ -50,11 +57,14 @@ TASKS = {
     ),
 }
 
-# Features the worked example names, when the dictionary has them (else its first features).
-EXAMPLE_FEATURES = {
-    "tjh": ("Lactate dehydrogenase", "High sensitivity C-reactive protein", "Lymphocytes (%)"),
-    "mimic_iv": ("Glasgow coma scale total", "Oxygen saturation", "Respiratory rate"),
-}
+# The worked example names placeholders, never dictionary features: a policy that copies the
+# example must not earn attention reward (R_att) by it, and a real name in every system message
+# would be one a small model repeats for every patient.
+EXAMPLE_FEATURES = ("Feature A", "Feature B")
+EXAMPLE_HEADER = (
+    "Example of the format (for a different patient; Feature A and Feature B stand for feature "
+    "names from the patient's data, 0.xx for your probability):"
+)
 
 RESPONSE_FORMAT = """\
 <Subquestion> ... </Subquestion> <Answer> ... </Answer>        (repeat for each step, 1 or more)
@@ -87,17 +97,42 @@ def heuristic_token_count(text: str) -> int:
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """Serialisation knobs. ``max_tokens=None`` means no budget."""
+    """Serialisation knobs. ``max_tokens=None`` means no budget.
+
+    ``feature_priority``: feature ids in the order they are worth showing (ids not in it follow
+    in dictionary order); None keeps dictionary order. ``max_features`` caps the features shown
+    and ``min_features`` is what a budget must leave room for (``minimum_budget``).
+    ``visit_selection="measured"`` shows the most recent visits holding a measured value of a
+    shown feature; ``"last"`` the most recent visits, measured or not.
+    """
 
     max_visits: int | None = None
     feature_filter: Literal["all", "measured"] = "all"
     max_tokens: int | None = None
     include_example: bool = True
     sex_specific_ranges: bool = True
+    feature_priority: tuple[str, ...] | None = None
+    max_features: int | None = None
+    min_features: int = 1
+    visit_selection: Literal["measured", "last"] = "last"
 
     def __post_init__(self) -> None:
         if self.max_visits is not None and self.max_visits < 1:
             raise ValueError(f"PromptConfig.max_visits must be >= 1, got {self.max_visits}")
+        if self.max_features is not None and self.max_features < 1:
+            raise ValueError(f"PromptConfig.max_features must be >= 1, got {self.max_features}")
+        if self.min_features < 0:
+            raise ValueError(f"PromptConfig.min_features must be >= 0, got {self.min_features}")
+        if self.max_features is not None and self.min_features > self.max_features:
+            raise ValueError(
+                f"PromptConfig.min_features ({self.min_features}) must be <= max_features "
+                f"({self.max_features})"
+            )
+        if self.visit_selection not in ("measured", "last"):
+            raise ValueError(
+                "PromptConfig.visit_selection must be 'measured' or 'last', "
+                f"got {self.visit_selection!r}"
+            )
         if self.feature_filter not in ("all", "measured"):
             raise ValueError(
                 "PromptConfig.feature_filter must be 'all' or 'measured', "
@@ -242,7 +277,7 @@ def _demographic(value: object, unit: str = "") -> str:
     return f"{format_value(x)}{unit}" if math.isfinite(x) else "unknown"
 
 
-def _system(persona: str, task: str, example: tuple[str, ...], include_example: bool) -> str:
+def _system(persona: str, task: str, include_example: bool) -> str:
     """The part of the prompt every patient of a dataset-task shares."""
     out = [
         persona,
@@ -253,31 +288,48 @@ def _system(persona: str, task: str, example: tuple[str, ...], include_example: 
         RESPONSE_FORMAT,
     ]
     if include_example:
-        out += ["", "Example of a complete answer (for a different patient):", _example(example)]
+        out += ["", EXAMPLE_HEADER, example_response()]
     return "\n".join(out)
+
+
+def system_message(dataset: str, task: str, include_example: bool = True) -> str:
+    """The system message of a dataset-task's prompts."""
+    if task not in TASKS:
+        raise InputDataError(
+            "prompt config", f"unknown task {task!r}.", fix=f"use one of {sorted(TASKS)}"
+        )
+    return _system(PERSONAS.get(dataset, GENERIC_PERSONA), task, include_example)
+
+
+def _visits_line(n_visits: int, dates: Sequence[str], selection: str) -> str:
+    shown = len(dates)
+    visit_word = "visit" if n_visits == 1 else "visits"
+    if shown == n_visits:
+        return f"The patient has {n_visits} {visit_word}, on: {', '.join(dates)}."
+    if selection == "measured":
+        which = (
+            "the last visit with these measurements is"
+            if shown == 1
+            else f"the last {shown} with these measurements are"
+        )
+    else:
+        which = "the last visit is" if shown == 1 else f"the last {shown} are"
+    return f"The patient has {n_visits} {visit_word}; {which} shown, on: {', '.join(dates)}."
 
 
 def _render(
     task: str,
     sex: str | None,
     age: object,
-    dates: Sequence[str],
-    n_visits: int,
+    visits_line: str,
     lines: Sequence[str],
 ) -> str:
-    shown = len(dates)
-    visit_word = "visit" if n_visits == 1 else "visits"
-    if shown == n_visits:
-        visits = f"The patient has {n_visits} {visit_word}, on: {', '.join(dates)}."
-    else:
-        which = "the last visit is" if shown == 1 else f"the last {shown} are"
-        visits = f"The patient has {n_visits} {visit_word}; {which} shown, on: {', '.join(dates)}."
     out = [
         "Patient information:",
         f"- Sex: {sex or 'unknown'}",
         f"- Age: {_demographic(age, ' years')}",
-        visits,
-        "Each feature lists one value per visit, in visit order (NaN = not measured):",
+        visits_line,
+        "Each feature lists one value per visit shown, in visit order (NaN = not measured):",
         *lines,
         "",
         f"Task: {TASKS[task]} Answer in the tagged format.",
@@ -285,21 +337,147 @@ def _render(
     return "\n".join(out)
 
 
-def _example(names: tuple[str, ...]) -> str:
-    a, b, c = [*names, "the first feature", "the second feature", "the third feature"][:3]
+def example_response() -> str:
+    """The worked example: the format with placeholder features (``EXAMPLE_FEATURES``)."""
+    a, b = EXAMPLE_FEATURES
     return (
         f"<Subquestion> How does {a} change across the visits? </Subquestion> "
         f"<Answer> It is above its reference range and rising, which points to worsening "
         f"disease. </Answer>\n"
         f"<Subquestion> Is {b} abnormal? </Subquestion> "
-        f"<Answer> Yes, it is markedly elevated at every visit. </Answer>\n"
-        f"<Subquestion> What does {c} show? </Subquestion> "
         f"<Answer> It stays below its reference range without recovering. </Answer>\n"
         f"<Final subquestion> Taking these findings together, how likely is the outcome? "
         f"</Final subquestion>\n"
-        f"<Important Features> {a}, {b}, {c} </Important Features>\n"
-        f"<Final answer> 0.83 </Final answer>"
+        f"<Important Features> {a}, {b} </Important Features>\n"
+        f"<Final answer> 0.xx </Final answer>"
     )
+
+
+def _priority(specs: Sequence[FeatureSpec], priority: Sequence[str] | None) -> list[int]:
+    """Column indices of ``specs`` in priority order (the rest in dictionary order)."""
+    if priority is None:
+        return list(range(len(specs)))
+    rank = {fid: i for i, fid in enumerate(dict.fromkeys(priority))}
+    return sorted(range(len(specs)), key=lambda j: (rank.get(specs[j].feature_id, len(rank)), j))
+
+
+def _sample_line(spec: FeatureSpec) -> str:
+    """The longest one-visit line a feature can take (a 6-character value), for budgets."""
+    return feature_line(spec.name, spec.unit, spec.reference_range, [123456.0])
+
+
+def minimum_budget(
+    specs: Sequence[FeatureSpec],
+    dataset: str,
+    task: str,
+    config: PromptConfig,
+    count_tokens: TokenCounter = heuristic_token_count,
+) -> int:
+    """Tokens a prompt needs to show ``config.min_features`` features at one visit, whichever
+    features they are (the longest lines count), with the longest demographics and dates.
+
+    A budget below it is a configuration error: the prompts asset refuses it before any work,
+    with this number, rather than serialising patients it cannot show."""
+    system = system_message(dataset, task, config.include_example)
+    longest = sorted((_sample_line(s) for s in specs), key=count_tokens, reverse=True)
+    visits_line = _visits_line(999, ["0000-00-00"], config.visit_selection)
+    user = _render(task, "female", 100.0, visits_line, longest[: config.min_features])
+    return count_tokens(system) + count_tokens(user)
+
+
+def _serialize(
+    values: np.ndarray,
+    dates: list[str],
+    sex_value: object,
+    age: object,
+    specs: Sequence[FeatureSpec],
+    dataset: str,
+    task: str,
+    config: PromptConfig,
+    count_tokens: TokenCounter,
+) -> SerializedPrompt:
+    """The serialiser on arrays: visits (rows, oldest first) x features (``specs`` order)."""
+    system = system_message(dataset, task, config.include_example)
+    n_visits = len(dates)
+    sex = _sex_word(sex_value)
+    measured = np.isfinite(values)
+    refs = [_reference(s, sex, config.sex_specific_ranges) for s in specs]
+    order = _priority(specs, config.feature_priority)
+    measured_only = config.feature_filter == "measured"
+    candidates = [j for j in order if not measured_only or measured[:, j].any()]
+    cap = len(candidates) if config.max_features is None else config.max_features
+    # Counted once: the budget search re-counts only the patient's part (the sum is exact for
+    # the heuristic counter and within a token of a tokenizer's count of the joined text).
+    n_system = count_tokens(system)
+
+    @cache
+    def choose(n_vis: int, n_feat: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(visit rows, feature columns): the top ``n_feat`` features and the last ``n_vis``
+        visits that hold one of them (or simply the last visits)."""
+        top = candidates[:n_feat]
+        if config.visit_selection == "measured" and top:
+            rows = [i for i in range(n_visits) if measured[i, top].any()] or [n_visits - 1]
+        else:
+            rows = list(range(n_visits))
+        rows = rows[-n_vis:]
+        if measured_only:
+            feats = [j for j in candidates if measured[rows, j].any()][:n_feat]
+        else:
+            feats = top
+        return tuple(rows), tuple(feats)
+
+    @cache
+    def attempt(n_vis: int, n_feat: int) -> tuple[str, int]:
+        rows, feats = choose(n_vis, n_feat)
+        lines = [
+            feature_line(specs[j].name, specs[j].unit, refs[j], values[list(rows), j])
+            for j in feats
+        ]
+        visits_line = _visits_line(n_visits, [dates[i] for i in rows], config.visit_selection)
+        user = _render(task, sex, age, visits_line, lines)
+        return user, n_system + count_tokens(user)
+
+    n_feat = min(cap, len(candidates))
+    n_vis = n_visits if config.max_visits is None else min(config.max_visits, n_visits)
+    n_vis = min(n_vis, len(choose(n_visits, n_feat)[0]))
+    wanted_rows, wanted_feats = choose(n_vis, n_feat)  # the config's choice, before the budget
+    budget = config.max_tokens
+    fits = budget is None or attempt(n_vis, n_feat)[1] <= budget
+    if not fits:
+        # Largest visit count that fits with every feature, else one visit and fewer features.
+        n_vis = _largest_fitting(n_vis, lambda k: attempt(k, n_feat)[1] <= budget) or 1
+        if attempt(n_vis, n_feat)[1] > budget:
+            n_feat = _largest_fitting(n_feat, lambda k: attempt(1, k)[1] <= budget) or 0
+    user, n_tokens = attempt(n_vis, n_feat)
+    rows, feats = choose(n_vis, n_feat)
+    lost = [j for j in wanted_feats if j not in feats]
+    return SerializedPrompt(
+        system=system,
+        user=user,
+        n_tokens=n_tokens,
+        n_visits=n_visits,
+        visits_shown=len(rows),
+        features_shown=tuple(specs[j].name for j in feats),
+        dropped_visits=len(wanted_rows) - len(rows),
+        dropped_features=tuple(specs[j].name for j in lost),
+        truncated=not fits,
+        fits_budget=budget is None or n_tokens <= budget,
+    )
+
+
+def _largest_fitting(upper: int, fits: Callable[[int], bool]) -> int | None:
+    """Largest k in [1, upper] with fits(k) (fits is monotone: true up to some k); None if even
+    k = 1 fails."""
+    if upper < 1 or not fits(1):
+        return None
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def serialize_patient(
@@ -313,8 +491,8 @@ def serialize_patient(
     """One patient's visits (rows of a cohort's ``visits.parquet``) -> prompt.
 
     Over ``config.max_tokens``, drops the oldest visits first (keeping at least one), then the
-    least-measured features (ties: later in dictionary order), and reports both. Each stage
-    binary-searches the number to drop, so a real tokenizer is called O(log n) times.
+    lowest-priority features, and reports both. Each stage binary-searches the number to keep,
+    so a real tokenizer is called O(log n) times.
     """
     if patient.empty:
         raise InputDataError("visits", "a patient with no visits.")
@@ -338,97 +516,6 @@ def serialize_patient(
 def _dates(column: pd.Series) -> list[str]:
     stamps = pd.to_datetime(column, errors="coerce")
     return [d.strftime("%Y-%m-%d") if pd.notna(d) else "unknown" for d in stamps]
-
-
-def _serialize(
-    values: np.ndarray,
-    dates: list[str],
-    sex_value: object,
-    age: object,
-    specs: Sequence[FeatureSpec],
-    dataset: str,
-    task: str,
-    config: PromptConfig,
-    count_tokens: TokenCounter,
-) -> SerializedPrompt:
-    """The serialiser on arrays: visits (rows, oldest first) x features (``specs`` order)."""
-    if task not in TASKS:
-        raise InputDataError(
-            "prompt config", f"unknown task {task!r}.", fix=f"use one of {sorted(TASKS)}"
-        )
-    n_visits = len(dates)
-    if config.max_visits is not None:
-        values, dates = values[-config.max_visits :], dates[-config.max_visits :]
-    sex = _sex_word(sex_value)
-    measured = np.isfinite(values)
-    refs = [_reference(s, sex, config.sex_specific_ranges) for s in specs]
-    base_features = [
-        j for j in range(len(specs)) if config.feature_filter == "all" or measured[:, j].any()
-    ]
-    names = {s.name for s in specs}
-    preferred = tuple(n for n in EXAMPLE_FEATURES.get(dataset, ()) if n in names)
-    example = tuple(dict.fromkeys([*preferred, *(s.name for s in specs[:3])]))
-    system = _system(PERSONAS.get(dataset, GENERIC_PERSONA), task, example, config.include_example)
-    # Counted once: the budget search re-counts only the patient's part (the sum is exact for
-    # the heuristic counter and within a token of a tokenizer's count of the joined text).
-    n_system = count_tokens(system)
-
-    @cache
-    def lines_for(drop_v: int) -> list[str]:
-        return [
-            feature_line(s.name, s.unit, refs[j], values[drop_v:, j]) for j, s in enumerate(specs)
-        ]
-
-    @cache
-    def attempt(drop_v: int, drop_f: int) -> tuple[str, list[int], list[int], int]:
-        """(user text, features kept, features dropped, tokens) after dropping visits, features."""
-        kept = measured[drop_v:]
-        feats = [j for j in base_features if config.feature_filter == "all" or kept[:, j].any()]
-        lost = [j for j in base_features if j not in feats]  # became unmeasured with the visits
-        if drop_f:
-            gone = sorted(feats, key=lambda j: (int(kept[:, j].sum()), -j))[:drop_f]
-            lost += gone
-            feats = [j for j in feats if j not in gone]
-        lines = lines_for(drop_v)
-        user = _render(task, sex, age, dates[drop_v:], n_visits, [lines[j] for j in feats])
-        return user, feats, lost, n_system + count_tokens(user)
-
-    drop_v = drop_f = 0
-    budget = config.max_tokens
-    if budget is not None and attempt(0, 0)[3] > budget:
-        drop_v = _smallest_fitting(len(dates) - 1, lambda k: attempt(k, 0)[3] <= budget)
-        if drop_v is None:
-            drop_v = len(dates) - 1
-            n_feats = len(attempt(drop_v, 0)[1])
-            drop_f = _smallest_fitting(n_feats, lambda k: attempt(drop_v, k)[3] <= budget)
-            drop_f = n_feats if drop_f is None else drop_f
-    user, feats, lost, n_tokens = attempt(drop_v, drop_f)
-    return SerializedPrompt(
-        system=system,
-        user=user,
-        n_tokens=n_tokens,
-        n_visits=n_visits,
-        visits_shown=len(dates) - drop_v,
-        features_shown=tuple(specs[j].name for j in feats),
-        dropped_visits=drop_v,
-        dropped_features=tuple(specs[j].name for j in lost),
-        truncated=bool(drop_v or drop_f or lost),
-        fits_budget=budget is None or n_tokens <= budget,
-    )
-
-
-def _smallest_fitting(upper: int, fits: Callable[[int], bool]) -> int | None:
-    """Smallest k in [1, upper] with fits(k) (monotone in k); None if even upper fails."""
-    if upper < 1 or not fits(upper):
-        return None
-    lo, hi = 1, upper
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 
 
 def build_prompts(
@@ -479,6 +566,7 @@ def build_prompts(
                 "n_visits": prompt.n_visits,
                 "visits_shown": prompt.visits_shown,
                 "n_features_shown": len(prompt.features_shown),
+                "features_shown": list(prompt.features_shown),
                 "dropped_visits": prompt.dropped_visits,
                 "dropped_features": list(prompt.dropped_features),
                 "truncated": prompt.truncated,

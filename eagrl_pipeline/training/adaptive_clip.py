@@ -1,9 +1,12 @@
 """Entropy-aware adaptive upper clip for GRPO (DESIGN §1).
 
 Per completion, the mean token entropy over the content of its ``<Important Features>`` span is
-min-max normalised within the batch and mapped to that completion's upper clip ``ε_high`` in
+min-max normalised within the generation batch (every completion of one generation round, over
+all its micro-batches and processes) and mapped to that completion's upper clip ``ε_high`` in
 ``[eps_high_min, eps_high_max]`` (default ``[0.2, 0.4]``); the lower clip stays fixed. Informative,
-uncertain trajectories thus get larger policy updates. trl's ``epsilon_high`` is one float, so
+uncertain trajectories thus get larger policy updates. The batch is the generation batch, not one
+loss call's micro-batch, because a micro-batch of two completions would always map to exactly
+{ε_min, ε_max} whatever their entropies. trl's ``epsilon_high`` is one float, so
 :class:`AdaptiveClipGRPOTrainer` makes it a ``[B, 1]`` tensor for the duration of one loss call
 and leaves the rest of trl's loss (loss-type normalisation, importance-sampling level, KL, masks,
 metrics) untouched.
@@ -19,8 +22,14 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 
 log = logging.getLogger(__name__)
+
+# The generation-batch key that carries each completion's ε_high through trl's shuffle and split.
+EPS_HIGH_KEY = "eps_high"
+# Percentiles of the ε distribution logged per generation batch.
+EPS_PERCENTILES = (10, 50, 90)
 
 # trl loss types whose per-token objective is the PPO-style two-sided clip 1 ± ε; the others
 # (cispo, sapo, vespo) use epsilon_high differently or not at all.
@@ -249,26 +258,79 @@ def clipped_surrogate(
     return -torch.min(coef_1 * advantages, coef_2 * advantages)
 
 
+def generation_batch_eps_high(
+    entropies: torch.Tensor, span_mask: torch.Tensor, eps_min: float, eps_max: float
+) -> torch.Tensor:
+    """ε_high of every completion of a generation batch, min-maxed over that whole batch.
+
+    ``entropies`` and ``span_mask`` are ``[B, T]`` over all ``B`` completions of one generation
+    round; a completion's ε does not depend on how the batch is later cut into micro-batches.
+    Returns float64 ``[B]`` (so 0.2 logs as 0.2).
+
+    >>> h = torch.tensor([[1.0, 9.0], [2.0, 9.0], [3.0, 9.0], [5.0, 9.0]])
+    >>> span = torch.tensor([[True, False]] * 3 + [[False, False]])
+    >>> generation_batch_eps_high(h, span, 0.2, 0.4)
+    tensor([0.2000, 0.3000, 0.4000, 0.2000], dtype=torch.float64)
+    """
+    mean_entropy = span_mean_entropy(entropies, span_mask).double()
+    return entropy_to_epsilon(mean_entropy, span_mask.any(-1), eps_min, eps_max)
+
+
+def eps_high_summary(
+    eps_high: torch.Tensor, has_span: torch.Tensor, span_entropy: torch.Tensor
+) -> dict[str, float]:
+    """What one generation batch's clips look like: ε mean, min, max and percentiles over all
+    completions, the fraction with a span and their mean span entropy (NaN when none has one).
+
+    >>> eps = torch.tensor([0.2, 0.3, 0.4, 0.2], dtype=torch.float64)
+    >>> stats = eps_high_summary(eps, torch.tensor([True, True, True, False]), torch.ones(4))
+    >>> stats["eps_high_p50"], stats["span_fraction"]
+    (0.25, 0.75)
+    """
+    eps = eps_high.detach().double().flatten()
+    has_span = has_span.detach().bool().flatten()
+    q = torch.tensor([p / 100 for p in EPS_PERCENTILES], dtype=eps.dtype, device=eps.device)
+    quantiles = torch.quantile(eps, q).tolist()
+    entropy = span_entropy.detach().double().flatten()[has_span]
+    return {
+        "eps_high_mean": eps.mean().item(),
+        "eps_high_min": eps.min().item(),
+        "eps_high_max": eps.max().item(),
+        **{f"eps_high_p{p}": v for p, v in zip(EPS_PERCENTILES, quantiles, strict=True)},
+        "span_fraction": has_span.double().mean().item(),
+        "span_entropy_mean": entropy.mean().item() if entropy.numel() else math.nan,
+    }
+
+
 class AdaptiveClipGRPOTrainer(GRPOTrainer):
     """trl's ``GRPOTrainer`` with one upper clip per completion from its span entropy.
 
     With ``adaptive_clip.enabled=False`` every call goes straight to trl, so the loss and the
-    metrics are trl's own. Enabled, ``_compute_loss`` computes the span mask and, once trl's
-    forward pass has produced the per-token entropies (intercepted in
-    ``_get_per_token_logps_and_entropies``), sets ``self.epsilon_high`` to the ``[B, 1]`` tensor of
-    per-completion clips for the rest of that call; trl's own ``_compute_loss`` then clips, and
-    reports ``clip_ratio/*``, per completion. ``self.epsilon_low`` becomes a 0-dim float64 tensor
-    of the same value only because ``torch.clamp`` refuses a float min with a tensor max.
+    metrics are trl's own. Enabled:
 
-    Logged per loss call under ``adaptive_clip/``: ``eps_high_mean|min|max``, ``span_fraction``
-    (completions with a span) and ``span_entropy_mean``, gathered over processes.
+    - ``_generate_and_score_completions`` (once per generation round) runs trl's, then
+      :meth:`add_eps_high` computes the span entropies of the whole local generation batch under
+      the generating policy, gathers them over processes, min-maxes them to ε and stores the
+      local ε as a ``[B]`` tensor under :data:`EPS_HIGH_KEY`; trl's ``shuffle_sequence_dict`` and
+      ``split_tensor_dict`` then carry each ε with its completion into the micro-batches, and
+      every one of the ``num_iterations`` updates on that batch reuses it, as it reuses
+      ``old_per_token_logps``. Where trl runs the old-log-prob forward anyway, its entropies are
+      taken from that same call; otherwise one no-grad forward in chunks of the per-device batch.
+    - ``_compute_loss`` sets ``self.epsilon_high`` to that ``[B, 1]`` tensor for one call; trl's
+      own loss then clips, and reports ``clip_ratio/*``, per completion. ``self.epsilon_low``
+      becomes a 0-dim float64 tensor of the same value only because ``torch.clamp`` refuses a
+      float min with a tensor max. Both are restored afterwards.
+
+    Logged once per generation batch under ``adaptive_clip/`` (see :func:`eps_high_summary`),
+    into trl's ``_metrics``, so they reach every ``report_to`` backend (MLflow) with trl's own.
     """
 
     def __init__(self, *args: Any, adaptive_clip: AdaptiveClipConfig | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.adaptive_clip = adaptive_clip if adaptive_clip is not None else AdaptiveClipConfig()
-        self._pending_span_mask: torch.Tensor | None = None
-        self._adaptive_stats: dict[str, float] | None = None
+        # Set during _generate_and_score_completions where trl will compute old log-probs: the
+        # first policy forward there is that one, and records its entropies here.
+        self._old_logps_capture: dict[str, torch.Tensor] | None = None
         if self.adaptive_clip.enabled:
             self._check_adaptive_clip_compatible()
 
@@ -295,73 +357,133 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
     def _span_tokenizer(self) -> Any:
         return getattr(self.processing_class, "tokenizer", self.processing_class)
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    def _trl_computes_old_logps(self) -> bool:
+        """trl 1.16's condition for its old-log-prob forward in ``_generate_and_score_completions``
+        (only an optimisation: :meth:`add_eps_high` checks the captured call is that one)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or bool(
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         if not self.adaptive_clip.enabled:
-            return super()._compute_loss(model, inputs)
+            return super()._generate_and_score_completions(inputs)
+        capture: dict[str, torch.Tensor] = {}
+        self._old_logps_capture = capture if self._trl_computes_old_logps() else None
+        try:
+            batch = super()._generate_and_score_completions(inputs)
+        finally:
+            self._old_logps_capture = None
+        entropies = None
+        if capture:
+            if batch.get("old_per_token_logps") is capture["logps"]:
+                entropies = capture["entropies"]
+            else:
+                log.warning(
+                    "trl's first policy forward was not its old-log-prob one; the adaptive clip "
+                    "runs its own entropy forward"
+                )
+        return self.add_eps_high(batch, entropies)
+
+    def _get_per_token_logps_and_entropies(
+        self, model: Any, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        capture = self._old_logps_capture
+        if capture is None or model is not self.model:
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        self._old_logps_capture = None  # the first policy forward only (a PEFT reference follows)
+        kwargs["compute_entropy"] = True
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+            model, *args, **kwargs
+        )
+        capture["logps"], capture["entropies"] = logps, entropies
+        return logps, entropies, aux_loss
+
+    def _policy_entropies(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Per-token entropies ``[B, T]`` of the batch's completions under the current policy:
+        one no-grad forward in chunks of the per-device batch, as trl's own scoring passes."""
+        mode = "train" if self.model.training else "eval"
+        chunk = (
+            self.args.per_device_train_batch_size
+            if mode == "train"
+            else self.args.per_device_eval_batch_size
+        )
+        optional = (
+            "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
+            "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids",
+            "image_position_ids",
+        )  # fmt: skip
+        extra = {key: batch[key] for key in optional if batch.get(key) is not None}
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+        ):
+            _, entropies, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
+                torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+                batch["completion_ids"].size(1),
+                batch_size=chunk,
+                compute_entropy=True,
+                **extra,
+            )
+        return entropies
+
+    def add_eps_high(
+        self, batch: dict[str, Any], entropies: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Store each completion's ε_high in ``batch[EPS_HIGH_KEY]`` (``[B]``, float32) and log
+        the generation batch's ε distribution; returns ``batch``.
+
+        ``batch`` is one process's whole generation batch as trl's
+        ``_generate_and_score_completions`` returns it; ``entropies`` are its per-token entropies
+        under the generating policy (computed here when not given). The min-max runs over the
+        completions of every process (``accelerator.gather``), so ε does not depend on how the
+        batch is split into micro-batches, gradient-accumulation steps or processes.
+        """
         cfg = self.adaptive_clip
-        completion_mask = inputs["completion_mask"]
+        completion_mask = batch["completion_mask"]
         mask = completion_mask.bool()
-        if "tool_mask" in inputs:  # tool output is not the policy's text, as in trl
-            mask = mask & inputs["tool_mask"].bool()
+        if batch.get("tool_mask") is not None:  # tool output is not the policy's text, as in trl
+            mask = mask & batch["tool_mask"].bool()
+        if entropies is None:
+            entropies = self._policy_entropies(batch)
         span_mask = important_feature_token_mask(
-            inputs["completion_ids"],
+            batch["completion_ids"],
             self._span_tokenizer(),
             cfg.span_open,
             cfg.span_close,
             completion_mask=completion_mask,
-        )
-        self._pending_span_mask = span_mask & mask
-        self._adaptive_stats = None
-        eps_low, eps_high = self.epsilon_low, self.epsilon_high
-        try:
-            loss = super()._compute_loss(model, inputs)
-        finally:
-            self._pending_span_mask = None
-            self.epsilon_low, self.epsilon_high = eps_low, eps_high
-        if self._adaptive_stats is None:
-            raise RuntimeError(
-                "trl's _compute_loss did not request entropies from "
-                "_get_per_token_logps_and_entropies; the adaptive-clip hook does not fit this trl "
-                "version"
-            )
-        mode = "train" if self.model.training else "eval"
-        for name, value in self._adaptive_stats.items():
-            self._metrics[mode][f"adaptive_clip/{name}"].append(value)
-        return loss
-
-    def _get_per_token_logps_and_entropies(
-        self, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        span_mask = self._pending_span_mask
-        if span_mask is not None and entropies is not None:
-            self._pending_span_mask = None  # only the policy forward of the current loss call
-            eps_high = self._per_completion_eps_high(entropies, span_mask.to(entropies.device))
-            self.epsilon_high = eps_high.to(logps.dtype).unsqueeze(1)
-            self.epsilon_low = torch.tensor(
-                float(self.epsilon_low), dtype=torch.float64, device=logps.device
-            )
-        return logps, entropies, aux_loss
-
-    def _per_completion_eps_high(
-        self, entropies: torch.Tensor, span_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """ε_high for the local completions, min-max over the batch gathered from all processes;
-        records the batch statistics that ``_compute_loss`` logs."""
-        cfg = self.adaptive_clip
-        mean_entropy = span_mean_entropy(entropies, span_mask).double()  # logs 0.2, not 0.2000003
-        valid = span_mask.any(-1)
-        all_entropy = self.accelerator.gather(mean_entropy)
-        all_valid = self.accelerator.gather(valid.float()).bool()
+        ).to(entropies.device) & mask.to(entropies.device)
+        local_entropy = span_mean_entropy(entropies, span_mask).double()
+        local_valid = span_mask.any(-1)
+        all_entropy = self.accelerator.gather(local_entropy)
+        all_valid = self.accelerator.gather(local_valid.float()).bool()
         all_eps = entropy_to_epsilon(all_entropy, all_valid, cfg.eps_high_min, cfg.eps_high_max)
-        n = mean_entropy.size(0)
+        mode = "train" if self.model.training else "eval"
+        for name, value in eps_high_summary(all_eps, all_valid, all_entropy).items():
+            self._metrics[mode][f"adaptive_clip/{name}"].append(value)
+        n = local_entropy.size(0)
         start = self.accelerator.process_index * n
-        valid_entropy = all_entropy[all_valid]
-        self._adaptive_stats = {
-            "eps_high_mean": all_eps.mean().item(),
-            "eps_high_min": all_eps.min().item(),
-            "eps_high_max": all_eps.max().item(),
-            "span_fraction": all_valid.float().mean().item(),
-            "span_entropy_mean": valid_entropy.mean().item() if valid_entropy.numel() else math.nan,
-        }
-        return all_eps[start : start + n]
+        batch[EPS_HIGH_KEY] = all_eps[start : start + n].float().to(completion_mask.device)
+        return batch
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        if not self.adaptive_clip.enabled:
+            return super()._compute_loss(model, inputs)
+        eps_high = inputs.get(EPS_HIGH_KEY)
+        if eps_high is None:
+            raise KeyError(
+                f"the micro-batch has no {EPS_HIGH_KEY!r}: it must come from this trainer's "
+                "_generate_and_score_completions (or add_eps_high), which sets the clips of the "
+                "whole generation batch"
+            )
+        eps_low_saved, eps_high_saved = self.epsilon_low, self.epsilon_high
+        self.epsilon_high = eps_high.detach().float().unsqueeze(1)
+        self.epsilon_low = torch.tensor(
+            float(eps_low_saved), dtype=torch.float64, device=eps_high.device
+        )
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.epsilon_low, self.epsilon_high = eps_low_saved, eps_high_saved

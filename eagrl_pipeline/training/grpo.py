@@ -1,23 +1,26 @@
 """Stage 2 policy: GRPO from the SFT adapter with the EAG-RL reward and the adaptive upper clip.
 
 The reward is trl's weighted sum of our three reward functions (``r_cls``, ``r_att``,
-``r_format``; ``reward_weights = [λ, 1−λ, w_fmt]``), so trl logs each part. The settings are
-validated before any model is loaded: a GRPO run that dies after minutes of generation because
-its batch does not divide into groups is the failure this module exists to prevent.
+``r_format``; ``reward_weights = [λ, 1−λ, w_fmt]``), so trl logs each part. The groups are sampled
+with the response tags forced by default (one rule: training samples with the same scaffold as
+evaluation). The settings are validated before any model is loaded: a GRPO run that dies after
+minutes of generation because its batch does not divide into groups is the failure this module
+exists to prevent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import LogitsProcessorList
 
-from eagrl_pipeline.llm.guided import ResponseScaffold, RowPlan
+from eagrl_pipeline.llm.guided import ResponseScaffold, ScaffoldConfig
 from eagrl_pipeline.prompts.features import FeatureMatcher
 from eagrl_pipeline.rewards import RewardWeights, make_trl_reward_functions
 from eagrl_pipeline.training.adaptive_clip import AdaptiveClipConfig, AdaptiveClipGRPOTrainer
@@ -39,12 +42,14 @@ class GRPOSettings:
 
     ``num_iterations`` > 1 reuses each generation batch for several updates, which is what
     makes the (adaptive) clip act at all: with one iteration trl's importance ratio is exactly 1.
+    ``guided_generation`` samples the groups under ``scaffold`` with ``guided_steps`` steps
+    before the final block, as evaluation answers; ``scaffold`` is part of the run fingerprint.
     """
 
     learning_rate: float = 5e-5
     max_steps: int = 2
     num_generations: int = 4
-    per_device_train_batch_size: int = 4
+    per_device_train_batch_size: int = 8  # 2 prompts x 4 completions
     gradient_accumulation_steps: int = 1
     num_iterations: int = 2
     max_completion_length: int = 160
@@ -63,8 +68,21 @@ class GRPOSettings:
     logging_steps: int = 1
     save_steps: int = 1
     seed: int = 0
-    guided_generation: bool = False
+    guided_generation: bool = True
     guided_steps: int = 1
+    scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
+
+    def __post_init__(self) -> None:
+        # A spec written with asdict() (launch.py, for accelerate launch) brings the scaffold back
+        # as a plain dict; rebuild the frozen config so the run and its fingerprint are the same.
+        if isinstance(self.scaffold, dict):
+            object.__setattr__(self, "scaffold", ScaffoldConfig(**self.scaffold))
+
+    def groups_per_generation(self, num_processes: int = 1) -> int:
+        """Prompts (groups) in one generation batch, which trl samples once per optimizer step
+        and reuses for ``num_iterations`` steps."""
+        effective = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return effective * num_processes // self.num_generations
 
     def validate(self, num_processes: int = 1) -> None:
         """Fail before training, with the fix, on settings trl would reject late or misuse."""
@@ -160,30 +178,46 @@ def reward_functions(settings: GRPOSettings, matcher: FeatureMatcher) -> list[An
 
 
 class GuidedGRPOTrainer(AdaptiveClipGRPOTrainer):
-    """Optionally samples the groups with the response tags forced (guided decoding).
+    """Samples the groups with the response tags forced (guided decoding) when given a scaffold.
 
-    Why: a small policy that never writes the format gets the minimum reward on every
-    completion, zero advantages and no update. Forcing the tags while the words stay sampled
-    gives the groups reward variance. The forced tokens are scored under the policy like the
-    rest, so the update is trl's; off by default (the paper samples freely).
+    Why: one rule, training samples with the same scaffold as evaluation answers, so the policy is
+    optimised for the decoding it is judged by. It also keeps groups learnable: a small policy that
+    never writes the format gets the minimum reward on every completion, zero advantages and no
+    update; with the tags forced while the words stay sampled the groups have reward variance.
+    The forced tokens are scored under the policy like the rest, so the update is trl's.
+    ``scaffold=None`` samples freely (the paper's setting).
     """
 
-    def __init__(self, *args: Any, guided_steps: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        scaffold: ScaffoldConfig | None = None,
+        guided_steps: int = 1,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.guided_steps = guided_steps
-        guided = guided_steps is not None
-        self.scaffold = ResponseScaffold(self.processing_class) if guided else None
+        self.scaffold = (
+            ResponseScaffold(self.processing_class, scaffold) if scaffold is not None else None
+        )
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
         if self.scaffold is None or self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
-        scaffold, plan = self.scaffold, RowPlan("answer", self.guided_steps or 0)
+        scaffold, steps = self.scaffold, self.guided_steps
         model = self.accelerator.unwrap_model(self.model_wrapped)
         generate = model.generate
 
         def guided(*g_args: Any, **g_kwargs: Any) -> Any:
-            rows = g_kwargs["input_ids"].shape[0]
-            g_kwargs["logits_processor"] = LogitsProcessorList([scaffold.processor([plan] * rows)])
+            ids, mask = g_kwargs["input_ids"], g_kwargs.get("attention_mask")
+            # Each row's prompt text, for the feature names its features slot may list.
+            texts = [
+                scaffold.tokenizer.decode(row[m.bool()] if mask is not None else row,
+                                          skip_special_tokens=True)
+                for row, m in zip(ids, mask if mask is not None else ids, strict=True)
+            ]  # fmt: skip
+            plans = [scaffold.plan("answer", steps, False, text) for text in texts]
+            g_kwargs["logits_processor"] = LogitsProcessorList([scaffold.processor(plans)])
             return generate(*g_args, **g_kwargs)
 
         model.generate = guided  # trl calls model.generate(**inputs, generation_config=...)
@@ -208,6 +242,55 @@ class GRPOOutcome:
         out = asdict(self)
         out["adapter_dir"] = str(self.adapter_dir)
         return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+def summarize_log_history(
+    history: Sequence[dict[str, float]], groups_per_generation: int
+) -> dict[str, float]:
+    """Learnability and clip figures of a GRPO run from trl's per-step log history.
+
+    A group whose completions all got the same reward has zero advantages and teaches nothing,
+    so the count of groups *with* reward spread says how much of the run could move the policy:
+    each entry holding ``frac_reward_zero_std`` is one generation batch (trl records it once per
+    generation, and ``logging_steps=1`` logs each alone; a larger ``logging_steps`` averages
+    several per entry and undercounts), contributing ``(1 - frac) x groups_per_generation``.
+    The ε figures summarise the ``adaptive_clip/`` entries (min of the minima, max of the maxima,
+    means otherwise); the clip fractions are the means of trl's ``clip_ratio/*``.
+
+    >>> log = [{"frac_reward_zero_std": 0.5, "adaptive_clip/eps_high_mean": 0.3}, {"loss": 0.1}]
+    >>> summary = summarize_log_history(log, groups_per_generation=2)
+    >>> summary["groups_with_reward_spread"], summary["groups"], summary["eps_high_mean"]
+    (1, 2, 0.3)
+    """
+    if groups_per_generation < 1:
+        raise ValueError(f"groups_per_generation must be >= 1, got {groups_per_generation}")
+
+    def series(key: str) -> list[float]:
+        return [e[key] for e in history if key in e and not math.isnan(e[key])]
+
+    zero_std = series("frac_reward_zero_std")
+    groups = len(zero_std) * groups_per_generation
+    with_spread = sum(round((1.0 - frac) * groups_per_generation) for frac in zero_std)
+    eps_min, eps_max = series("adaptive_clip/eps_high_min"), series("adaptive_clip/eps_high_max")
+    summary: dict[str, float] = {
+        "generation_batches": len(zero_std),
+        "groups_per_generation": groups_per_generation,
+        "groups": groups,
+        "groups_with_reward_spread": with_spread,
+        "groups_with_reward_spread_fraction": with_spread / groups if groups else math.nan,
+        "eps_high_mean": _mean(series("adaptive_clip/eps_high_mean")),
+        "eps_high_min": min(eps_min) if eps_min else math.nan,
+        "eps_high_max": max(eps_max) if eps_max else math.nan,
+    }
+    for name in ("eps_high_p10", "eps_high_p50", "eps_high_p90", "span_fraction"):
+        summary[name] = _mean(series(f"adaptive_clip/{name}"))
+    for name in ("low_mean", "high_mean", "region_mean"):
+        summary[f"clip_ratio_{name}"] = _mean(series(f"clip_ratio/{name}"))
+    return summary
 
 
 def train_grpo(
@@ -264,7 +347,8 @@ def train_grpo(
         processing_class=tokenizer,
         callbacks=list(callbacks),
         adaptive_clip=settings.clip_config(),
-        guided_steps=settings.guided_steps if settings.guided_generation else None,
+        scaffold=settings.scaffold if settings.guided_generation else None,
+        guided_steps=settings.guided_steps,
     )
     trainer.train(resume_from_checkpoint=resume)
     adapter_dir = output_dir / "adapter"
