@@ -116,8 +116,9 @@ def summary(first: Pass, second: Pass) -> None:
     artifacts = Path(EAGRL_HOME) / "artifacts"
     print("\n== eagrl-pipeline: lineage materialized ==")
     header = ("partition", "train/val/test", "expert AUROC", "kept traj", "SFT loss/base")
-    header += ("RL-SFT reward", "test AUROC base/sft/rl/expert", "RL vs base %")
-    print("{:<21}{:>15}{:>13}{:>10}{:>15}{:>14}  {:<30}{:>13}".format(*header))
+    header += ("RL-SFT reward [95% CI]", "spread groups", "test AUROC base/sft/rl/expert")
+    header += ("RL vs base %",)
+    print("{:<21}{:>15}{:>13}{:>10}{:>15}{:>26}{:>14}  {:<30}{:>13}".format(*header))
     for partition in COHORTS:
         cohort = _read_json(artifacts / "cohort_dataset" / partition / "manifest.json")
         expert = _read_json(artifacts / "expert_model" / partition / "manifest.json")
@@ -132,13 +133,19 @@ def summary(first: Pass, second: Pass) -> None:
             expert_auroc = f"{expert['models'][expert['primary']]['test_auroc']['mean']:.3f}"
         kept = len(trajectories.read_text().splitlines()) if trajectories.exists() else "-"
         loss = f"{sft['eval_loss']:.2f}/{sft['base_eval_loss']:.2f}" if sft else "-"
-        gain = f"{rl['val_reward_rl'] - rl['val_reward_sft']:+.3f}" if rl else "-"
+        gain, spread = "-", "-"
+        if rl:
+            gain = f"{rl['val_reward_rl'] - rl['val_reward_sft']:+.3f}"
+            if "val_reward_gain_lo" in rl:
+                gain += f" [{rl['val_reward_gain_lo']:+.3f}, {rl['val_reward_gain_hi']:+.3f}]"
+            if "groups" in rl:
+                spread = f"{rl['groups_with_reward_spread']:g}/{rl['groups']:g}"
         aurocs = "/".join(_metric(report, m, "auroc") for m in ("base", "sft", "rl", "expert"))
         headline = ((report or {}).get("headline") or {}).get("average_pct")
         head = f"{headline:+.1f}" if isinstance(headline, int | float) else "-"
         print(
-            f"{partition:<21}{sizes:>15}{expert_auroc:>13}{kept!s:>10}{loss:>15}{gain:>14}  "
-            f"{aurocs:<30}{head:>13}"
+            f"{partition:<21}{sizes:>15}{expert_auroc:>13}{kept!s:>10}{loss:>15}{gain:>26}"
+            f"{spread:>14}  {aurocs:<30}{head:>13}"
         )
     for label, checks in first.failed.items():
         print(f"  FAILED in {label}: {', '.join(checks)}")

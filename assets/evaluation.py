@@ -265,6 +265,23 @@ def answer_prompts(
     return out
 
 
+def _training_note(home: EagrlHome, partition: str) -> list[str]:
+    """What GRPO had to learn from and what its gate measured (rl_checkpoint's manifest)."""
+    path = home.artifacts / "rl_checkpoint" / partition / "manifest.json"
+    if not path.exists():
+        return []
+    rl = json.loads(path.read_text())
+    if "groups" not in rl:
+        return []
+    return [
+        f"GRPO: {rl['groups_with_reward_spread']:g} of {rl['groups']:g} groups had reward "
+        f"spread (a group whose completions all score alike gives no update); RL − SFT "
+        f"validation reward {rl['val_reward_gain']:+.3f}, 95 % paired bootstrap interval "
+        f"[{rl['val_reward_gain_lo']:+.3f}, {rl['val_reward_gain_hi']:+.3f}] over "
+        f"{rl['val_patients']} patients."
+    ]
+
+
 def _unpermutable_note(sets: Mapping[float, PromptSet]) -> list[str]:
     """A report note naming the patients whose prompts had no feature order to permute."""
     stuck = sorted({str(p) for s in sets.values() for p in s.unpermutable})
@@ -459,6 +476,7 @@ def evaluation_report(
         f"Feature-order permutation seed {config.permutation_seed}: each LLM patient's prompt "
         "gets its own permutation; the expert's columns get one permutation per level.",
         *_unpermutable_note(sets),
+        *_training_note(home, partition),
     ]
     report = build_report(
         f"EAG-RL evaluation: {partition}",

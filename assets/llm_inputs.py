@@ -28,6 +28,11 @@ class ScaffoldCaps(Config):
     final_answer_tokens: int = Field(
         default=3, ge=1, description="Digits after the forced '0.' of the final answer."
     )
+    max_listed_features: int = Field(
+        default=3,
+        ge=1,
+        description="Names the important-features slot may list (only the prompt's features).",
+    )
 
     def scaffold(self) -> ScaffoldConfig:
         return ScaffoldConfig(
@@ -36,6 +41,7 @@ class ScaffoldCaps(Config):
             final_subquestion_tokens=self.final_subquestion_tokens,
             features_tokens=self.features_tokens,
             final_answer_tokens=self.final_answer_tokens,
+            max_listed_features=self.max_listed_features,
         )
 
 

@@ -29,7 +29,7 @@ from assets.llm_inputs import (
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics
-from eagrl_pipeline.expert_guidance import feature_priority
+from eagrl_pipeline.expert_guidance import feature_discrimination, feature_priority
 from eagrl_pipeline.llm.base_model import validate_model_dir
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import PromptConfig, build_prompts, feature_specs, parse_response
@@ -63,6 +63,9 @@ def base_language_model(
     )
 
 
+ORDERS = ("train_discrimination", "train_importance", "dictionary")
+
+
 class PromptsConfig(Config):
     max_visits: int | None = Field(
         default=3,
@@ -81,9 +84,12 @@ class PromptsConfig(Config):
         "many at one visit is refused before any work, with the budget it needs.",
     )
     feature_order: str = Field(
-        default="train_importance",
-        description="'train_importance': features by the expert's mean importance over the "
-        "training split (expert_feature_ranking); 'dictionary': the dictionary's order.",
+        default="train_discrimination",
+        description="'train_discrimination': features by how well their last measured value "
+        "separates the training split's outcomes (univariate AUROC, weighted by coverage); "
+        "'train_importance': by the expert's mean importance over the training split "
+        "(expert_feature_ranking); 'dictionary': the dictionary's order. Never a patient's "
+        "own expert output.",
     )
     feature_filter: str = Field(
         default="measured", description="'all', or 'measured': drop never-measured features."
@@ -120,8 +126,8 @@ class PromptsConfig(Config):
     @field_validator("feature_order")
     @classmethod
     def _known_order(cls, value: str) -> str:
-        if value not in ("train_importance", "dictionary"):
-            raise ValueError(f"feature_order {value!r}: use 'train_importance' or 'dictionary'")
+        if value not in ORDERS:
+            raise ValueError(f"feature_order {value!r}: use one of {ORDERS}")
         return value
 
     def prompt_config(self, priority: tuple[str, ...] | None) -> PromptConfig:
@@ -169,8 +175,9 @@ def llm_prompts(
     warehouse: Warehouse,
 ):
     """One prompt per patient of every split, with token counts from the model's tokenizer.
-    Features are chosen by the expert's importance averaged over the training split (never a
-    patient's own expert output or label), visits by whether they hold those features."""
+    Features are chosen in an order fitted on the training split (how well each separates its
+    outcomes, or the expert's mean importance; never a patient's own expert output or label),
+    visits by whether they hold those features."""
     from transformers import AutoTokenizer
 
     partition = context.partition_key
@@ -182,12 +189,14 @@ def llm_prompts(
     def count_tokens(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
+    specs = feature_specs(dictionary, dataset, list(visits.columns))
     priority = None
     if config.feature_order == "train_importance":
         priority = feature_priority(read_ranking(home, partition), split="train")
+    elif config.feature_order == "train_discrimination":
+        priority = feature_discrimination(visits, [s.feature_id for s in specs], split="train")
     prompt_config = config.prompt_config(priority)
     if config.max_tokens is not None:
-        specs = feature_specs(dictionary, dataset, list(visits.columns))
         needed = minimum_budget(specs, dataset, task, prompt_config, count_tokens)
         if needed > config.max_tokens:
             raise ValueError(

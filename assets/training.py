@@ -52,6 +52,15 @@ class SFTCheckpointConfig(Config):
         default=2, description="Validation prompts generated to report the parseable fraction."
     )
     parse_max_new_tokens: int = Field(default=128, description="Token cap of those answers.")
+    answer_loss_weight: float = Field(
+        default=20.0,
+        gt=0.0,
+        description="Weight of the final answer's tokens in the SFT loss (1: trl's plain token "
+        "mean, the paper's SFT). A trajectory is ~100 reasoning tokens and one or two answer "
+        "digits, and the digits carry the label; chosen on held-out patients (real TJH, "
+        "SmolLM2-135M: AUROC 0.40 -> 0.71 on validation, 0.21 -> 0.51 on unkept train "
+        "patients, weight 1 -> 20).",
+    )
     seed: int = Field(default=0, description="Seed of the split, the adapter and the sample.")
 
     def settings(self) -> SFTSettings:
@@ -68,6 +77,7 @@ class SFTCheckpointConfig(Config):
             seed=self.seed,
             merge_adapter=self.merge_adapter,
             lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout),
+            answer_loss_weight=self.answer_loss_weight,
         )
 
 

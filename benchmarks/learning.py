@@ -40,9 +40,23 @@ MODELS = ("base", "sft", "rl", "expert")
 # full splits where the defaults sample (every train patient searched, every validation patient
 # in the gate, every test patient evaluated). Robustness levels are left to the reports' own
 # runs: the study asks whether the policy learns.
+# Short segments: the study trains on every token it generates (CPU time is per token).
+SCAFFOLD = {
+    "subquestion_tokens": 12,
+    "answer_tokens": 16,
+    "final_subquestion_tokens": 8,
+    "features_tokens": 24,
+    "final_answer_tokens": 2,
+    "max_listed_features": 3,
+}
 STUDY_CONFIG: dict[str, dict[str, Any]] = {
-    "llm_prompts": {"max_features": 8, "max_visits": 2},
-    "base_llm_predictions": {"splits": ["val"], "max_patients_per_split": None},
+    "llm_prompts": {"max_features": 8, "max_visits": 1, "include_example": False},
+    "base_llm_predictions": {
+        "splits": ["val"],
+        "max_patients_per_split": None,
+        "batch_size": 32,
+        "scaffold": SCAFFOLD,
+    },
     "mcts_trajectories": {
         "max_patients": None,
         "n_simulations": 4,
@@ -51,6 +65,7 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "rollout_steps": 0,
         "batch_patients": 32,
         "top_k_trajectories": 1,
+        "scaffold": SCAFFOLD,
     },
     "sft_checkpoint": {
         "num_train_epochs": 2.0,
@@ -60,18 +75,20 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "parse_sample": 4,
     },
     "rl_checkpoint": {
-        "max_steps": 20,
-        "learning_rate": 2e-5,
+        "max_steps": 40,
+        "learning_rate": 5e-5,
         "num_generations": 4,
         "per_device_train_batch_size": 8,
         "num_iterations": 1,
         "max_train_prompts": None,
         "val_prompts": None,
+        "scaffold": SCAFFOLD,
     },
     "evaluation_report": {
         "max_test_patients": None,
         "permutation_levels": [],
         "batch_size": 32,
+        "scaffold": SCAFFOLD,
     },
 }
 STAGES: tuple[tuple[str, bool], ...] = (  # (asset, partitioned)
@@ -263,6 +280,12 @@ def main() -> None:
     parser.add_argument("--tjh", type=Path, default=TJH_FILE, help="the TJH xlsx or csv")
     parser.add_argument("--home", type=Path, default=None, help="EAGRL_HOME (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--until",
+        choices=[asset for asset, _ in STAGES],
+        default=None,
+        help="stop after this stage (no table): for working on the early stages",
+    )
     args = parser.parse_args()
     if not args.tjh.exists():
         sys.exit(
@@ -281,7 +304,12 @@ def main() -> None:
     resources["sources"] = EhrSources(tjh_path=str(args.tjh))
     instance = DagsterInstance.ephemeral()
     print(f"[study] EAGRL_HOME={home}")
-    seconds = {asset: _materialize(asset, part, resources, instance) for asset, part in STAGES}
+    seconds = {}
+    for asset, partitioned in STAGES:
+        seconds[asset] = _materialize(asset, partitioned, resources, instance)
+        if asset == args.until:
+            print(f"[study] stopped after {asset} ({sum(seconds.values()) / 60:.1f} min)")
+            return
     study = collect(home, seconds)
     study["generation_dtype"] = resources["llm"].dtype_choice("cpu")
     text = render(study)

@@ -303,8 +303,9 @@ class _TrlLossClock(GRPOTrainer):
 class TimedGRPOTrainer(AdaptiveClipGRPOTrainer, _TrlLossClock):
     """The pipeline's trainer with generation, the whole loss and the clip's ε computation timed.
 
-    The clip's own work is ``loss - trl_loss`` (the span mask) plus ``eps_high`` (entropy to ε,
-    run inside trl's forward); with the clip off the difference is a function call.
+    The clip's own work is ``loss - trl_loss`` plus ``eps_high`` (span mask and entropy to ε
+    over the generation batch, once per generation round); with the clip off the difference is
+    a function call.
     """
 
     def __init__(self, *args: Any, clock: StepClock, **kwargs: Any) -> None:
@@ -321,11 +322,11 @@ class TimedGRPOTrainer(AdaptiveClipGRPOTrainer, _TrlLossClock):
         with self.clock.section("loss"):
             return super()._compute_loss(model, inputs)
 
-    def _per_completion_eps_high(
-        self, entropies: torch.Tensor, span_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def add_eps_high(
+        self, batch: dict[str, Any], entropies: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         with self.clock.section("eps_high"):
-            return super()._per_completion_eps_high(entropies, span_mask)
+            return super().add_eps_high(batch, entropies)
 
 
 class TimedReward:

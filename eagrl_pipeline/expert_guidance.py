@@ -2,9 +2,11 @@
 
 Two rules keep the expert's guidance honest (DESIGN §1):
 
-- **What a prompt shows** is ranked by the expert's feature importance *averaged over the
-  training split* (:func:`feature_priority`): something a model could know at inference, the
-  same order for every patient, never a patient's own label or expert output.
+- **What a prompt shows** is ranked by a statistic *of the training split*, the same order for
+  every patient, never a patient's own label or expert output: the expert's feature importance
+  averaged over the training patients (:func:`feature_priority`), or how well each feature's
+  last measured value separates the training patients' outcomes (:func:`feature_discrimination`).
+  Both are what a model could know at inference, like any statistic fitted on training data.
 - **The attention target** (the expert's top-k that R_att compares the model's
   ``<Important Features>`` with) is taken among the features the patient's prompt shows
   (:func:`attention_targets`): a policy can only attend to what it was given, and rewarding it
@@ -69,3 +71,48 @@ def attention_targets(
         visible = set(names)
         out[patient] = [f for f in by_patient.get(patient, []) if f in visible][:k]
     return out
+
+
+def feature_discrimination(
+    visits: pd.DataFrame,
+    feature_ids: Sequence[str],
+    split: str = "train",
+    min_patients: int = 10,
+) -> tuple[str, ...]:
+    """Feature ids by how well the last measured value separates ``split``'s outcomes, best
+    first: the univariate AUROC's distance from 0.5 (either direction), times the share of the
+    split's patients with a value (a perfect marker measured in few patients shows little).
+    Features measured in fewer than ``min_patients`` patients, or in one class only, go last in
+    the given order.
+
+    Why offer it next to the expert's importance: ConCare's final attention is not a measure of
+    predictive value. On real TJH's training split its eight top features had last-value AUROCs
+    of 0.67-0.90, while lactate dehydrogenase, hs-CRP and nine others exceed 0.95.
+
+    >>> v = pd.DataFrame({"patient_id": [1, 1, 2, 3, 4], "visit_index": [0, 1, 0, 0, 0],
+    ...     "split": "train", "label": [1, 1, 1, 0, 0],
+    ...     "a": [9.0, 1.0, 2.0, 3.0, 4.0], "b": [5.0, 8.0, 7.0, 1.0, 7.5]})
+    >>> feature_discrimination(v, ["a", "b"], min_patients=2)  # a's last values separate fully
+    ('a', 'b')
+    """
+    from sklearn.metrics import roc_auc_score
+
+    _require(visits, ("patient_id", "split", "label"), "the cohort visits")
+    part = visits[visits["split"] == split]
+    if part.empty:
+        raise ValueError(f"the cohort has no {split!r} patients to rank features on")
+    order = ["patient_id", "visit_index"] if "visit_index" in part else ["patient_id"]
+    part = part.sort_values(order, kind="stable")
+    last = part.groupby("patient_id", sort=False)[list(feature_ids)].last()
+    labels = part.groupby("patient_id", sort=False)["label"].first().astype(int)
+    scored, unscored = [], []
+    for fid in feature_ids:
+        present = last[fid].notna()
+        y = labels[present]
+        if present.sum() < min_patients or y.nunique() < 2:
+            unscored.append(str(fid))
+            continue
+        auroc = roc_auc_score(y, last.loc[present, fid])
+        scored.append((abs(auroc - 0.5) * float(present.mean()), str(fid)))
+    ranked = [fid for _, fid in sorted(scored, key=lambda item: (-item[0], item[1]))]
+    return (*ranked, *unscored)

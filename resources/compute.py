@@ -61,4 +61,8 @@ class Compute(ConfigurableResource):
         device = self.resolved_device()
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return "bf16"
-        return "fp32"
+        from eagrl_pipeline.llm.generation import cpu_native_bf16
+
+        # A CPU with native bf16 dot products trains in bf16 too: a LoRA step of SmolLM2 on
+        # 4 x 480 tokens took 8.3 s against 12.5 s in fp32 (AVX-512 BF16, 2 threads).
+        return "bf16" if device == "cpu" and cpu_native_bf16() else "fp32"

@@ -101,3 +101,30 @@ def test_copying_the_worked_example_earns_no_more_attention_than_chance(dataset:
         chance = np.mean([attention_reward(c, target) for c in itertools.combinations(shown, size)])
         assert chance > 0
         assert copy_reward <= chance
+
+
+def test_feature_discrimination_reads_the_training_split_only() -> None:
+    """The order comes from the training patients' last values and outcomes; the other splits'
+    labels and values (their own outcome) never move it."""
+    from eagrl_pipeline.expert_guidance import feature_discrimination
+
+    rng = np.random.default_rng(0)
+    n = 60
+    label = rng.integers(0, 2, n)
+    rows = pd.DataFrame(
+        {
+            "patient_id": np.arange(n),
+            "visit_index": 0,
+            "split": np.where(np.arange(n) < 40, "train", "test"),
+            "label": label,
+            "strong": label * 3.0 + rng.normal(size=n),
+            "weak": label * 0.3 + rng.normal(size=n),
+            "rare": np.where(np.arange(n) < 5, label, np.nan),
+        }
+    )
+    order = feature_discrimination(rows, ["weak", "rare", "strong"])
+    assert order == ("strong", "weak", "rare")  # rare: too few patients, ranked last
+    leaked = rows.copy()
+    test = leaked["split"] == "test"
+    leaked.loc[test, "weak"] = leaked.loc[test, "label"] * 100.0  # test outcomes in "weak"
+    assert feature_discrimination(leaked, ["weak", "rare", "strong"]) == order

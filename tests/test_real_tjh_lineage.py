@@ -49,3 +49,39 @@ def test_real_tjh_cohort_matches_published_counts_and_split(tjh_dir, tmp_path):
     assert patients["label"].value_counts().to_dict() == {0: 195, 1: 166}
     published = pd.read_csv(tjh_dir / "splits" / "tjh_splits.csv").set_index("PATIENT_ID")
     assert (patients["split"] == published.loc[patients.index, "clinicrealm_split"]).all()
+    _real_tjh_prompts_show_features(resources, instance, tmp_path)
+
+
+def _real_tjh_prompts_show_features(resources, instance, home) -> None:
+    """On the real file (whose last records are often sparse discharge-day panels) every prompt
+    shows measured values, chosen on the training split, and the robustness permutation never
+    fails on one."""
+    from definitions import all_assets
+    from eagrl_pipeline.evaluation.predictions import PromptSet
+
+    result = materialize(
+        all_assets,
+        selection=AssetSelection.assets(
+            "base_language_model", "expert_model", "expert_feature_ranking", "llm_prompts"
+        ),
+        partition_key="tjh-mortality",
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"expert_model": {"config": {"max_epochs": 3}}}},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("llm_prompts")[0].metadata
+    assert meta["prompts_without_features"].value == 0
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["prompts_show_features"].passed
+    prompts = pd.read_parquet(
+        home / "artifacts" / "llm_prompts" / "tjh-mortality" / "prompts.parquet"
+    )
+    assert len(prompts) == 361 and (prompts["n_features_shown"] >= 1).all()
+    assert prompts["n_features_shown"].median() >= 8  # the CPU default shows up to 10
+    assert (prompts["visits_shown"] >= 1).all() and prompts["fits_budget"].all()
+    test = PromptSet.from_frame(prompts[prompts["split"] == "test"])
+    permuted = test.permuted(1.0, seed=42)
+    assert len(permuted) == 200
+    changed = sum(a != b for a, b in zip(test.user, permuted.user, strict=True))
+    assert changed == 200 - len(permuted.unpermutable)

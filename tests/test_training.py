@@ -281,3 +281,44 @@ def test_log_history_summary_counts_groups_with_reward_spread() -> None:
     assert empty["groups"] == 0 and empty["groups_with_reward_spread"] == 0
     with pytest.raises(ValueError, match="groups_per_generation"):
         summarize_log_history(history, groups_per_generation=0)
+
+
+def test_answer_weighted_loss_weights_the_final_answer(tiny_dir: Path) -> None:
+    """Weight 1 is the plain token mean over the completion; a larger weight moves the loss
+    towards the answer tokens' mean, found between the last answer tags."""
+    from types import SimpleNamespace
+
+    from eagrl_pipeline.training.sft import AnswerWeightedLoss, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_dir)
+    text = "Patient. <Final answer> 0.83 </Final answer> end"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    labels = torch.tensor([[-100, *ids[1:]]])
+    torch.manual_seed(0)
+    logits = torch.randn(1, len(ids), len(tokenizer))
+    plain = AnswerWeightedLoss(tokenizer, 1.0)
+    heavy = AnswerWeightedLoss(tokenizer, 50.0)
+    weights = heavy.weights(labels[:, 1:])
+    answer = tokenizer(" 0.83 ", add_special_tokens=False)["input_ids"]
+    assert int((weights == 50.0).sum()) == len(answer) and int((weights == 0).sum()) == 0
+    target = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[0, :-1], target[0].clamp(min=0), reduction="none"
+    )
+    outputs = SimpleNamespace(logits=logits)
+    assert plain(outputs, labels).item() == pytest.approx(per_token.mean().item(), rel=1e-5)
+    w = weights[0]
+    expected = (per_token * w).sum() / w.sum()
+    assert heavy(outputs, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="answer_loss_weight"):
+        SFTSettings(answer_loss_weight=0.0)
+
+
+def test_weighted_sft_trains(tiny_dir: Path, tmp_path: Path) -> None:
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    out = train_sft(
+        tiny_dir, train, held_out, SFTSettings(max_steps=2, answer_loss_weight=10.0), tmp_path
+    )
+    assert out.global_step == 2 and out.eval_loss > 0
+    lora_b = [v for k, v in _lora(out.adapter_dir).items() if "lora_B" in k]
+    assert any(v.abs().max() > 0 for v in lora_b)

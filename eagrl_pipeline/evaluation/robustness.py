@@ -73,7 +73,7 @@ def permuted_positions(n_features: int, fraction: float, seed: int) -> np.ndarra
 
 
 def count_feature_lines(prompt_text: str) -> int:
-    """How many feature lines (``FEATURE_LINE``) a prompt holds.
+    r"""How many feature lines (``FEATURE_LINE``) a prompt holds.
 
     >>> count_feature_lines("- Sex: male\n- LDH (Unit: U/L): [310, NaN]\n- pH: [7.4]")
     2

@@ -65,8 +65,11 @@ class SFTSettings:
     seed: int = 0
     merge_adapter: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
+    answer_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.answer_loss_weight <= 0:
+            raise ValueError(f"answer_loss_weight must be > 0, got {self.answer_loss_weight}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.max_steps == 0 or self.num_train_epochs <= 0:
@@ -191,6 +194,89 @@ def split_by_patient(
     return train, evaluation
 
 
+class AnswerWeightedLoss:
+    """Completion loss with the final answer's tokens weighted ``weight`` times the others.
+
+    Why: a distilled trajectory is ~100 tokens of reasoning and one or two answer digits, and
+    the digits are what carries the label (a kept trajectory is right by construction). In a
+    plain token-mean loss they are ~1 % of the gradient, and a small model learns the reasoning's
+    wording long before the answer's dependence on the patient. The loss is the weighted mean
+    over completion tokens (``labels`` != -100), so ``weight=1`` is trl's token-mean loss; the
+    answer tokens are those between the last ``<Final answer>`` and its closing tag. Used by
+    :class:`AnswerWeightedSFTTrainer` (a class, so it pickles for ``accelerate launch``).
+    """
+
+    def __init__(self, tokenizer: Any, weight: float):
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.open_ids = encode("<Final answer>")
+        self.close_ids = encode("</Final answer>")
+        self.weight = float(weight)
+
+    @staticmethod
+    def _find(row: list[int], pattern: list[int], start: int = 0) -> int:
+        n = len(pattern)
+        return next((i for i in range(start, len(row) - n + 1) if row[i : i + n] == pattern), -1)
+
+    def weights(self, labels: Any) -> Any:
+        """``[B, T]`` token weights for ``labels`` (1 on the completion, ``weight`` on the
+        answer, 0 where ignored)."""
+        import torch
+
+        w = (labels != -100).to(torch.float32)
+        for b, row in enumerate(labels.tolist()):
+            at, last = self._find(row, self.open_ids), -1
+            while at >= 0:
+                last, at = at, self._find(row, self.open_ids, at + 1)
+            if last < 0:
+                continue
+            start = last + len(self.open_ids)
+            end = self._find(row, self.close_ids, start)
+            end = len(row) if end < 0 else end
+            w[b, start:end] *= self.weight
+        return w
+
+    def __call__(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        logits = outputs.logits[:, :-1].float()
+        target = labels[:, 1:].to(logits.device)
+        weights = self.weights(target).to(logits.device)
+        per_token = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1).clamp(min=0),
+            reduction="none",
+        ).view_as(weights)
+        return (per_token * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def _answer_weighted_trainer() -> type:
+    """trl's ``SFTTrainer`` whose loss is :class:`AnswerWeightedLoss` when it is set: one
+    forward per step (trl's ``compute_loss_func`` route runs a second, for its metrics)."""
+    from trl import SFTTrainer
+
+    class AnswerWeightedSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, answer_loss: AnswerWeightedLoss | None = None, **kw: Any):
+            super().__init__(*args, **kw)
+            self.answer_loss = answer_loss
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            if self.answer_loss is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**forward, use_cache=False)
+            loss = self.answer_loss(outputs, labels)
+            return (loss, outputs) if return_outputs else loss
+
+    return AnswerWeightedSFTTrainer
+
+
 def run_fingerprint(*parts: Any) -> str:
     """A short key of everything a run depends on (its resumable checkpoints are under it)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
@@ -259,15 +345,18 @@ def train_sft(
     resumes from the last one, and the folder is removed once the adapter is written.
     """
     from datasets import Dataset
-    from trl import SFTTrainer
 
     output_dir = Path(output_dir)
     fingerprint = run_fingerprint(asdict(settings), str(model_dir), train_records, eval_records)
     run_dir = output_dir / "runs" / fingerprint
     resume = last_checkpoint(run_dir)
     tokenizer = load_tokenizer(model_dir)
-    trainer = SFTTrainer(
+    weighted = settings.answer_loss_weight != 1.0
+    trainer = _answer_weighted_trainer()(
         model=load_policy_model(model_dir, precision),
+        answer_loss=AnswerWeightedLoss(tokenizer, settings.answer_loss_weight)
+        if weighted
+        else None,
         args=build_sft_config(
             settings, run_dir, device=device, precision=precision, report_to=report_to
         ),
