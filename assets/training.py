@@ -111,10 +111,11 @@ class RLCheckpointConfig(Config):
         default=4, description="Train prompts (a label-stratified sample; empty: all)."
     )
     val_prompts: int | None = Field(
-        default=None,
+        default=24,
         ge=1,
         description="Validation patients the gate compares the SFT and RL policies on: a seeded, "
-        "label-stratified sample of this size (empty: every validation patient).",
+        "label-stratified sample of this size (empty: every validation patient). 24 on CPU: "
+        "all 209 synthetic MIMIC-IV validation patients made the gate 10 of a 12-minute step.",
     )
     val_max_new_tokens: int = Field(default=160, description="Token cap of the gate's answers.")
     min_reward_gain: float = Field(

@@ -54,3 +54,17 @@ def test_dbt_vars_carry_run_time_paths_and_lab_panel(tmp_path: Path):
     assert "mimic_iv_lab_feature_ids" not in json.loads(
         dbt_vars(raw_root=tmp_path, warehouse_path=tmp_path, mimic_iv_feature_set="vitals")[1]
     )
+
+
+def test_make_runs_smoke_gate_is_valid_config_and_looser_than_the_default():
+    """`make run` passes its RL gate as run config: a typo would only fail at the end of a run."""
+    from dagster import validate_run_config
+
+    from assets.training import RLCheckpointConfig
+    from definitions import defs
+    from run_lineage import SMOKE_GATE
+
+    job = defs.get_job_def("partition_lineage")
+    validate_run_config(job, {"ops": SMOKE_GATE})
+    smoke = RLCheckpointConfig(**SMOKE_GATE["rl_checkpoint"]["config"]).min_reward_gain
+    assert smoke < 0 < RLCheckpointConfig().min_reward_gain

@@ -47,6 +47,7 @@ def _study() -> dict:
         "grpo_groups_with_reward_spread": 35,
         "grpo_groups": 40,
         "curves": {"sft_train_loss": [2.0, 1.5], "grpo_train_reward": [-1.2, -1.0]},
+        "failed_checks": {"sft_checkpoint": [], "rl_checkpoint": ["rl_reward_improved"]},
         "stage_seconds": {"mcts_trajectories": 300.0, "sft_checkpoint": 420.0},
         "minutes": 12.0,
     }
@@ -67,6 +68,10 @@ def test_table_has_every_model_and_interval() -> None:
         in (text)
     )
     assert "| total | 720.0 (12.0 min) |" in text
+    assert (
+        "study goes on past a failed gate and reports it): rl_checkpoint: rl_reward_improved"
+        in (text)
+    )
 
 
 def test_paired_auroc_from_the_reports_predictions() -> None:
