@@ -18,6 +18,7 @@ from pathlib import Path
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
 
 from assets.partitions import COHORTS
+from assets.training import RLCheckpointConfig
 from definitions import EAGRL_HOME, defs
 from staleness import cohort_relevance, job_asset_keys, stale_or_missing
 
@@ -145,7 +146,7 @@ def summary(first: Pass, second: Pass) -> None:
         loss = f"{sft['eval_loss']:.2f}/{sft['base_eval_loss']:.2f}" if sft else "-"
         gain, spread = "-", "-"
         if rl:
-            gain = f"{rl['val_reward_rl'] - rl['val_reward_sft']:+.3f}"
+            gain = f"{rl.get('val_reward_gain', rl['val_reward_rl'] - rl['val_reward_sft']):+.3f}"
             if "val_reward_gain_lo" in rl:
                 gain += f" [{rl['val_reward_gain_lo']:+.3f}, {rl['val_reward_gain_hi']:+.3f}]"
             if "groups" in rl:
@@ -159,7 +160,8 @@ def summary(first: Pass, second: Pass) -> None:
         )
     print(
         "  RL gate of this smoke run: RL not credibly worse than SFT (lower bound > "
-        f"{SMOKE_GATE['rl_checkpoint']['config']['min_reward_gain']}); a real run asks > 0.01"
+        f"{SMOKE_GATE['rl_checkpoint']['config']['min_reward_gain']}); a real run asks > "
+        f"{RLCheckpointConfig().min_reward_gain}"
     )
     for label, checks in first.failed.items():
         print(f"  FAILED in {label}: {', '.join(checks)}")

@@ -213,9 +213,9 @@ class AnswerWeightedLoss:
         self.weight = float(weight)
 
     @staticmethod
-    def _find(row: list[int], pattern: list[int], start: int = 0) -> int:
+    def _starts(row: list[int], pattern: list[int]) -> list[int]:
         n = len(pattern)
-        return next((i for i in range(start, len(row) - n + 1) if row[i : i + n] == pattern), -1)
+        return [i for i in range(len(row) - n + 1) if row[i : i + n] == pattern]
 
     def weights(self, labels: Any) -> Any:
         """``[B, T]`` token weights for ``labels`` (1 on the completion, ``weight`` on the
@@ -224,18 +224,15 @@ class AnswerWeightedLoss:
 
         w = (labels != -100).to(torch.float32)
         for b, row in enumerate(labels.tolist()):
-            at, last = self._find(row, self.open_ids), -1
-            while at >= 0:
-                last, at = at, self._find(row, self.open_ids, at + 1)
-            if last < 0:
+            opens = self._starts(row, self.open_ids)
+            if not opens:
                 continue
-            start = last + len(self.open_ids)
-            end = self._find(row, self.close_ids, start)
-            end = len(row) if end < 0 else end
+            start = opens[-1] + len(self.open_ids)
+            end = next((i for i in self._starts(row, self.close_ids) if i >= start), len(row))
             w[b, start:end] *= self.weight
         return w
 
-    def __call__(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    def __call__(self, outputs: Any, labels: Any) -> Any:
         import torch
 
         logits = outputs.logits[:, :-1].float()
