@@ -59,15 +59,24 @@ def feature_matcher(warehouse: Warehouse, dataset: str) -> FeatureMatcher:
     )
 
 
-def sample_patients(frame: pd.DataFrame, per_split: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample per split that keeps both labels when it can (so AUROC is defined)."""
+def sample_patients(
+    frame: pd.DataFrame, per_split: int | None, seed: int, *, balanced: bool = False
+) -> pd.DataFrame:
+    """A seeded sample per split that keeps both labels when it can (so AUROC is defined).
+
+    Label-stratified by default (the split's class shares). ``balanced`` takes half of each
+    class where the split holds enough (the rest from the other class): for a search whose
+    selection keeps equal numbers per class, a proportional sample of a rare outcome spends
+    most of the search on patients whose trajectories are then dropped.
+    """
     if per_split is None:
         return frame
     parts = []
     for _, group in frame.groupby("split", sort=False):
         n = min(per_split, len(group))
         positives, negatives = group[group["label"] == 1], group[group["label"] != 1]
-        n_pos = min(len(positives), max(1, round(n * len(positives) / len(group))))
+        wanted = n // 2 if balanced else round(n * len(positives) / len(group))
+        n_pos = min(len(positives), max(1, wanted, n - len(negatives)))
         n_neg = min(n - n_pos, len(negatives))
         parts += [positives.sample(n_pos, random_state=seed)]
         parts += [negatives.sample(n_neg, random_state=seed)]

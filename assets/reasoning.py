@@ -369,9 +369,16 @@ def base_llm_predictions(
 
 class TrajectoriesConfig(Config):
     max_patients: int | None = Field(
-        default=8,
-        description="Train patients searched (a seeded, label-stratified sample; empty: all). "
-        "CPU default; on a GPU search the whole train split.",
+        default=16,
+        description="Train patients searched (a seeded sample; empty: all). CPU default; on a "
+        "GPU search the whole train split.",
+    )
+    balanced_sample: bool = Field(
+        default=True,
+        description="Sample max_patients with equal numbers per class (where the split has "
+        "them) rather than in the split's class shares: selection keeps equal numbers per "
+        "class, so with a rare outcome (MIMIC-IV mortality, ~12 %) a proportional sample of 16 "
+        "holds 2 positives and keeps at most 2 trajectories.",
     )
     n_simulations: int = Field(default=4, description="MCTS simulations per patient.")
     branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
@@ -408,7 +415,7 @@ class TrajectoriesConfig(Config):
         "for its eval loss, so it needs two at least).",
     )
     batch_patients: int = Field(
-        default=8, description="Trees searched in lockstep; progress is saved per batch."
+        default=16, description="Trees searched in lockstep; progress is saved per batch."
     )
     step_max_new_tokens: int = Field(default=64, description="Token cap of one step.")
     rollout_max_new_tokens: int = Field(default=160, description="Token cap of a rollout.")
@@ -507,7 +514,12 @@ def mcts_trajectories(
     partition = context.partition_key
     dataset, _ = split_partition(partition)
     prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
-    train = sample_patients(prompts[prompts["split"] == "train"], config.max_patients, config.seed)
+    train = sample_patients(
+        prompts[prompts["split"] == "train"],
+        config.max_patients,
+        config.seed,
+        balanced=config.balanced_sample,
+    )
     patients = [
         PatientTask(
             str(row.patient_id),

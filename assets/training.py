@@ -118,6 +118,12 @@ class RLCheckpointConfig(Config):
         "all 209 synthetic MIMIC-IV validation patients made the gate 10 of a 12-minute step.",
     )
     val_max_new_tokens: int = Field(default=160, description="Token cap of the gate's answers.")
+    val_batch_size: int = Field(
+        default=24,
+        ge=1,
+        description="Prompts per generate call of the gate's answers (CPU default: the whole "
+        "24-patient sample in one call, which costs little more than a call of 8).",
+    )
     min_reward_gain: float = Field(
         default=0.01,
         description="Gate: the lower bound of the 95 % paired bootstrap interval of the RL minus "
@@ -140,6 +146,17 @@ class RLCheckpointConfig(Config):
     scaffold: ScaffoldCaps = Field(
         default_factory=ScaffoldCaps,
         description="Guided: per-tag token caps, for the groups and the gate's answers alike.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Trade compute for memory (trl's GRPO default is on; off here: it re-runs "
+        "each layer's forward in the backward, 3x the backward's time on CPU).",
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Turn the adapter's LoRA dropout off for GRPO (trl's disable_dropout): the "
+        "importance ratio compares the policy with itself, and dropout draws a new mask for "
+        "each side.",
     )
     seed: int = Field(default=0, description="Seed of the sample, sampling and the adapter.")
 
@@ -165,6 +182,8 @@ class RLCheckpointConfig(Config):
             eps_high_max=self.eps_high_max,
             seed=self.seed,
             guided_generation=self.guided_generation,
+            disable_dropout=self.disable_dropout,
+            gradient_checkpointing=self.gradient_checkpointing,
             guided_steps=self.guided_steps,
             scaffold=self.scaffold.scaffold(),
         )
@@ -195,6 +214,7 @@ def policy_answers(
     *,
     scaffold: ScaffoldConfig | None = None,
     guided_steps: int = 1,
+    batch_size: int = 8,
 ) -> pd.DataFrame:
     """Greedy answers of a policy (base + optional adapter), parsed and scored by the
     evaluation's inference helper. With ``scaffold`` the tags are forced as evaluation forces
@@ -210,6 +230,7 @@ def policy_answers(
 
     generation = GenerationSettings(
         max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         seed=seed,
         guided=scaffold is not None,
         guided_steps=guided_steps,
@@ -465,6 +486,7 @@ def rl_checkpoint(
                 home, llm, device, adapter, val, matcher, expert_top, weights,
                 config.val_max_new_tokens, config.seed,
                 scaffold=settings.scaffold, guided_steps=settings.guided_steps,
+                batch_size=config.val_batch_size,
             )  # fmt: skip
         gate = reward_gate(
             scored["sft"], scored["rl"], config.min_reward_gain,

@@ -322,3 +322,55 @@ def test_weighted_sft_trains(tiny_dir: Path, tmp_path: Path) -> None:
     assert out.global_step == 2 and out.eval_loss > 0
     lora_b = [v for k, v in _lora(out.adapter_dir).items() if "lora_B" in k]
     assert any(v.abs().max() > 0 for v in lora_b)
+
+
+def test_grpo_config_runs_without_checkpointing_or_dropout(tmp_path: Path) -> None:
+    """trl's GRPOConfig defaults to gradient checkpointing; ours does not, and GRPO drops the
+    SFT adapter's LoRA dropout (the ratio compares the policy with itself); both stay knobs."""
+    from eagrl_pipeline.training.grpo import build_grpo_config
+
+    config = build_grpo_config(GRPOSettings(), tmp_path, device="cpu", precision="fp32")
+    assert config.gradient_checkpointing is False and config.disable_dropout is True
+    config = build_grpo_config(
+        GRPOSettings(gradient_checkpointing=True, disable_dropout=False),
+        tmp_path, device="cpu", precision="fp32",
+    )  # fmt: skip
+    assert config.gradient_checkpointing is True and config.disable_dropout is False
+
+
+def test_fused_head_scores_only_completions_with_the_same_log_probs(tiny_dir: Path) -> None:
+    """On CPU trl's fused LM head projects every position unless told otherwise; scoring only
+    the labelled ones gives the same log-probs, entropies and gradients."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from eagrl_pipeline.training.adaptive_clip import completion_positions_only
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(3, model.config.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded prompt
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-5] = -100  # only the last 5 tokens are the completion
+
+    def score() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.log_probs[:, -5:].sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out.log_probs[:, -5:].detach(), out.entropy[:, -5:].detach(), grads
+
+    original = trl_utils._use_triton
+    every_position = score()
+    with completion_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        completions_only = score()
+    assert trl_utils._use_triton is original
+    torch.testing.assert_close(completions_only[0], every_position[0])
+    torch.testing.assert_close(completions_only[1], every_position[1])
+    assert len(completions_only[2]) == len(every_position[2]) > 0
+    for a, b in zip(completions_only[2], every_position[2], strict=True):
+        torch.testing.assert_close(a, b)

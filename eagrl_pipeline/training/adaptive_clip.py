@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,31 @@ EPS_PERCENTILES = (10, 50, 90)
 # trl loss types whose per-token objective is the PPO-style two-sided clip 1 ± ε; the others
 # (cispo, sapo, vespo) use epsilon_high differently or not at all.
 CLIPPED_LOSS_TYPES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "luspo"})
+
+
+@contextmanager
+def completion_positions_only() -> Iterator[None]:
+    """Make trl's fused LM head score only the completion positions on CPU too.
+
+    trl 1.16 scores just the positions with a label on Triton devices; elsewhere it scores
+    every position, prompt included, so that compilers (Neuron) see fixed tile shapes. Eager
+    CPU gains nothing from fixed shapes, and there the prompt is most of the sequence: 8
+    completions of ~100 tokens after ~760-token prompts took 30 s per GRPO backward, half of it
+    in the vocabulary projection of the prompt's positions. The log-probs are the same either
+    way (the test compares them); on GPUs nothing changes. Without the hook (another trl), a
+    no-op.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 @dataclass(frozen=True)
@@ -390,12 +416,14 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         capture = self._old_logps_capture
         if capture is None or model is not self.model:
-            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+            with completion_positions_only():
+                return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
         self._old_logps_capture = None  # the first policy forward only (a PEFT reference follows)
         kwargs["compute_entropy"] = True
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
-            model, *args, **kwargs
-        )
+        with completion_positions_only():
+            logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                model, *args, **kwargs
+            )
         capture["logps"], capture["entropies"] = logps, entropies
         return logps, entropies, aux_loss
 

@@ -133,7 +133,7 @@ def build_sft_config(
         completion_only_loss=True,
         eval_strategy="no",
         warmup_steps=settings.warmup_steps,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,
         **run_args(
             output_dir, seed=settings.seed, logging_steps=settings.logging_steps,
             save_steps=settings.save_steps, device=device, precision=precision,
