@@ -60,7 +60,7 @@ GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortali
 
 class LLMEvaluationConfig(Config):
     max_test_patients: int | None = Field(
-        default=32,
+        default=24,
         ge=1,
         description="Test patients the LLMs answer: a seeded, label-stratified sample (empty: "
         "the whole test split). CPU default, since generation is slow there; use all on a GPU.",
@@ -69,7 +69,7 @@ class LLMEvaluationConfig(Config):
     max_new_tokens: int = Field(default=160, description="Generated tokens per answer.")
     batch_size: int = Field(
         default=64,
-        description="Prompts per generate call: a model's CPU-default prompts (32 patients, "
+        description="Prompts per generate call: a model's CPU-default prompts (24 patients, "
         "unpermuted and permuted) in one call (64 default TJH answers: 53 s in one call, 58 s "
         "in two calls of 32).",
     )
@@ -166,6 +166,13 @@ class EvaluationConfig(LLMEvaluationConfig):
 
 
 class GeneralizationConfig(LLMEvaluationConfig):
+    max_test_patients: int | None = Field(
+        default=16,
+        ge=1,
+        description="Test patients of each dataset the transferred policies answer (a seeded, "
+        "label-stratified sample; empty: all). CPU default: the per-partition reports carry "
+        "the larger samples; use all on a GPU.",
+    )
     permutation_levels: list[float] = Field(
         default=[],
         description="Robustness levels on the other dataset's prompts; empty by default (the "

@@ -17,16 +17,17 @@ from resources import EagrlHome, Warehouse
 
 class ScaffoldCaps(Config):
     """Per-tag token caps of guided decoding (content tokens; the tags are forced on top). The
-    same defaults in every stage, so the policy is trained and judged on one format."""
+    same defaults in every stage, so the policy is trained and judged on one format; the
+    learning study's caps (a CPU generates, and GRPO trains on, every one of these tokens)."""
 
-    subquestion_tokens: int = Field(default=16, ge=1, description="Cap of a sub-question.")
-    answer_tokens: int = Field(default=24, ge=1, description="Cap of a step's answer.")
+    subquestion_tokens: int = Field(default=12, ge=1, description="Cap of a sub-question.")
+    answer_tokens: int = Field(default=16, ge=1, description="Cap of a step's answer.")
     final_subquestion_tokens: int = Field(
-        default=12, ge=1, description="Cap of the final sub-question."
+        default=8, ge=1, description="Cap of the final sub-question."
     )
     features_tokens: int = Field(default=24, ge=1, description="Cap of the important features.")
     final_answer_tokens: int = Field(
-        default=3, ge=1, description="Digits after the forced '0.' of the final answer."
+        default=2, ge=1, description="Digits after the forced '0.' of the final answer."
     )
     max_listed_features: int = Field(
         default=3,

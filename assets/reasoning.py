@@ -73,7 +73,7 @@ class PromptsConfig(Config):
         "feature (empty: every such visit the budget allows).",
     )
     max_features: int | None = Field(
-        default=10,
+        default=6,
         description="Show at most N features per patient: the measured ones the expert ranks "
         "highest on average over the training split (empty: every feature the budget allows).",
     )
@@ -100,7 +100,7 @@ class PromptsConfig(Config):
         "'last': the most recent visits, whatever they hold.",
     )
     max_tokens: int | None = Field(
-        default=768,
+        default=640,
         description="Token budget per prompt (the model's tokenizer counts); over it, the "
         "oldest visits and then the lowest-ranked features are dropped and reported. CPU "
         "default; raise it (e.g. 4096) for a 7B model on a GPU.",
