@@ -414,17 +414,16 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(
         self, model: Any, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        capture = self._old_logps_capture
-        if capture is None or model is not self.model:
-            with completion_positions_only():
-                return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
-        self._old_logps_capture = None  # the first policy forward only (a PEFT reference follows)
-        kwargs["compute_entropy"] = True
+        capture = self._old_logps_capture if model is self.model else None
+        if capture is not None:
+            self._old_logps_capture = None  # the first policy forward only (a PEFT ref follows)
+            kwargs["compute_entropy"] = True
         with completion_positions_only():
             logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
                 model, *args, **kwargs
             )
-        capture["logps"], capture["entropies"] = logps, entropies
+        if capture is not None:
+            capture["logps"], capture["entropies"] = logps, entropies
         return logps, entropies, aux_loss
 
     def _policy_entropies(self, batch: dict[str, Any]) -> torch.Tensor:
