@@ -26,9 +26,13 @@ RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
 RAW_NAMES = [k.to_user_string() for k in RAW]
 
 # The default's GRPO is a 2-step smoke run: it cannot make RL credibly better than SFT, so
-# `make run` asks only that RL is not credibly worse (lower bound of the paired interval above
-# -0.05). The asset's own default (0.01) stays the bar for real runs: launchpad, profiles, study.
-SMOKE_GATE = {"rl_checkpoint": {"config": {"min_reward_gain": -0.05}}}
+# `make run` asks only that RL is not credibly worse: the lower bound of the paired interval
+# above -0.1. On 24 validation patients the interval's half-width is itself about 0.05 (measured:
+# mimic_iv-readmission -0.006 [-0.057, +0.046] without the worked example), so a -0.05 bar failed
+# a policy that had not moved; -0.1 fails only a mean drop beyond the noise (a GRPO that broke
+# the format or the answers). The asset's own default (0.01) stays the bar for real runs:
+# launchpad, profiles, study.
+SMOKE_GATE = {"rl_checkpoint": {"config": {"min_reward_gain": -0.1}}}
 
 
 @dataclass

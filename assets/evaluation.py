@@ -167,7 +167,7 @@ class EvaluationConfig(LLMEvaluationConfig):
 
 class GeneralizationConfig(LLMEvaluationConfig):
     max_test_patients: int | None = Field(
-        default=16,
+        default=12,
         ge=1,
         description="Test patients of each dataset the transferred policies answer (a seeded, "
         "label-stratified sample; empty: all). CPU default: the per-partition reports carry "

@@ -1,6 +1,7 @@
 """Raw inputs: validated, typed parquet snapshots with the input's fingerprint as data version."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -10,23 +11,41 @@ from eagrl_pipeline.data import mimic_iv
 from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
 from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
 from eagrl_pipeline.data.tjh import read_tjh, write_tjh_snapshot
+from eagrl_pipeline.paths import atomic_path
 from resources import DBT_PROJECT, EagrlHome, EhrSources
 
 SEEDS_DIR = DBT_PROJECT.project_dir / "seeds"
 
 
-def _synthetic(folder: Path, params: dict[str, object], write) -> Path:
-    """Generate a synthetic dataset once per parameter set (a marker file records them)."""
-    marker = folder / "synthetic.json"
-    if marker.exists() and json.loads(marker.read_text()) == params:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    write()
-    marker.write_text(json.dumps(params))
+MARKER = "synthetic.json"
+
+
+def _synthetic(folder: Path, params: dict[str, object], write: Callable[[Path], object]) -> Path:
+    """Generate a synthetic dataset once per parameter set (a marker file records them).
+
+    All or nothing: ``write`` fills a temporary folder, the marker is written last, and the
+    folder replaces the old one in one swap, so an interrupted generation is never taken for a
+    complete one.
+    """
+    marker = folder / MARKER
+    try:
+        if json.loads(marker.read_text()) == params:
+            return folder
+    except (OSError, ValueError):
+        pass
+    with atomic_path(folder) as staged:
+        staged.mkdir()
+        write(staged)
+        (staged / MARKER).write_text(json.dumps(params))
     return folder
 
 
-@asset(group_name="raw", code_version="1", kinds={"python", "parquet"})
+@asset(
+    group_name="raw",
+    code_version="1",
+    kinds={"python", "parquet"},
+    pool="duckdb",  # dbt reads these snapshots: never replace them during a build
+)
 def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources):
     """TJH COVID-19 lab reports: the configured xlsx/csv, or a synthetic file in its format."""
     if sources.tjh_path:
@@ -34,9 +53,10 @@ def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources
         origin = "configured"
     else:
         folder = home.synthetic / "tjh"
-        path = folder / "time_series_375_prerpocess_en.xlsx"
+        name = "time_series_375_prerpocess_en.xlsx"
+        path = folder / name
         params = {"n_patients": sources.synthetic_tjh_patients, "seed": sources.synthetic_seed}
-        _synthetic(folder, params, lambda: write_synthetic_tjh(path, **params))
+        _synthetic(folder, params, lambda staged: write_synthetic_tjh(staged / name, **params))
         origin = "synthetic"
     table = read_tjh(path)
     fingerprint = mimic_iv.fingerprint_files([path])
@@ -62,7 +82,12 @@ def _item_ids(seed: str) -> list[int]:
     return pd.read_csv(SEEDS_DIR / seed)["itemid"].astype(int).tolist()
 
 
-@asset(group_name="raw", code_version="1", kinds={"python", "duckdb", "parquet"})
+@asset(
+    group_name="raw",
+    code_version="1",
+    kinds={"python", "duckdb", "parquet"},
+    pool="duckdb",  # dbt reads these snapshots: never replace them during a build
+)
 def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources):
     """MIMIC-IV hosp/ + icu/ tables: the configured folder, or a synthetic one in its layout."""
     if sources.mimic_iv_root:
@@ -71,7 +96,7 @@ def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSo
     else:
         root = home.synthetic / "mimic_iv"
         params = {"n_stays": sources.synthetic_mimic_iv_stays, "seed": sources.synthetic_seed}
-        _synthetic(root, params, lambda: write_synthetic_mimic_iv(root, **params))
+        _synthetic(root, params, lambda staged: write_synthetic_mimic_iv(staged, **params))
         origin = "synthetic"
     paths = mimic_iv.check_layout(root, sources.mimic_iv_feature_set)
     fingerprint = mimic_iv.fingerprint_files(paths.values(), root)

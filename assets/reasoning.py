@@ -100,13 +100,17 @@ class PromptsConfig(Config):
         "'last': the most recent visits, whatever they hold.",
     )
     max_tokens: int | None = Field(
-        default=640,
+        default=512,
         description="Token budget per prompt (the model's tokenizer counts); over it, the "
         "oldest visits and then the lowest-ranked features are dropped and reported. CPU "
         "default; raise it (e.g. 4096) for a 7B model on a GPU.",
     )
     include_example: bool = Field(
-        default=True, description="Add the worked response example (placeholder features)."
+        default=False,
+        description="Add the worked response example (placeholder features). Off by default: "
+        "the response format and the guided scaffold already fix the tags, and with it on "
+        "every greedy answer of the 135M default (base, SFT and RL) copied the example's "
+        "sub-questions word for word; it also costs about 150 tokens per prompt.",
     )
 
     @field_validator("feature_filter")

@@ -3,6 +3,8 @@ the EAG-RL reward and the entropy-aware adaptive clip. Both log to MLflow and ar
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -297,6 +299,27 @@ def reward_gate(
     return out
 
 
+def _publish(staged_adapter: Path, out_dir: Path, manifest: dict) -> Path:
+    """Replace the partition's adapter and manifest only now, after training *and* validation
+    succeeded: the adapter trained into a staging folder, so a crash in between leaves the
+    previous adapter with its own manifest (the two are swapped back to back, adapter first;
+    the manifest names the adapter's digest)."""
+    import hashlib
+
+    final = out_dir / "adapter"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in staged_adapter.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(staged_adapter).as_posix().encode())
+        digest.update(path.read_bytes())
+    manifest = {**manifest, "adapter_dir": str(final), "adapter_sha256": digest.hexdigest()}
+    with atomic_path(final) as tmp:
+        os.replace(staged_adapter, tmp)
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(staged_adapter.parent, ignore_errors=True)
+    return final
+
+
 def _train(
     context: AssetExecutionContext,
     kind: str,
@@ -369,7 +392,7 @@ def sft_checkpoint(
     with mlflow_tracking.run(context, experiment=f"sft/{partition}", run_name=partition) as run:
         mlflow.log_params({"device": device, "precision": precision, "n_train": len(train)})
         spec = sft_spec(
-            model_dir, train, held_out, settings, out_dir,
+            model_dir, train, held_out, settings, out_dir / "staged",
             device=device, precision=precision, report_to=["mlflow"],
         )  # fmt: skip
         outcome = _train(context, "sft", spec, compute, out_dir / "launch")
@@ -395,11 +418,10 @@ def sft_checkpoint(
     manifest = {**outcome, "mlflow_run_id": run_id, "val_parse_fraction": parse_fraction}
     history = manifest.pop("log_history")
     manifest["train_loss_per_step"] = [e["loss"] for e in history if "loss" in e]
-    with atomic_path(out_dir / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
     yield MaterializeResult(
         metadata={
-            "adapter": MetadataValue.path(outcome["adapter_dir"]),
+            "adapter": MetadataValue.path(str(adapter)),
             "mlflow_run_id": run_id,
             "trajectories_train": outcome["n_train"],
             "trajectories_eval": outcome["n_eval"],
@@ -481,7 +503,7 @@ def rl_checkpoint(
     with mlflow_tracking.run(context, experiment=f"grpo/{partition}", run_name=partition) as run:
         mlflow.log_params({"device": device, "precision": precision, "n_prompts": len(rows)})
         spec = grpo_spec(
-            model_dir, sft_adapter, rows, names, aliases, settings, out_dir,
+            model_dir, sft_adapter, rows, names, aliases, settings, out_dir / "staged",
             device=device, precision=precision, num_processes=compute.num_processes,
             report_to=["mlflow"],
         )  # fmt: skip
@@ -519,11 +541,10 @@ def rl_checkpoint(
         **summary,
         "train_reward_per_step": rewards,
     }
-    with atomic_path(out_dir / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
     yield MaterializeResult(
         metadata={
-            "adapter": MetadataValue.path(outcome["adapter_dir"]),
+            "adapter": MetadataValue.path(str(adapter)),
             "mlflow_run_id": run_id,
             "prompts": len(rows),
             "steps": outcome["global_step"],

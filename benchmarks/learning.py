@@ -50,7 +50,12 @@ SCAFFOLD = {
     "max_listed_features": 3,
 }
 STUDY_CONFIG: dict[str, dict[str, Any]] = {
-    "llm_prompts": {"max_features": 8, "max_visits": 1, "include_example": False},
+    "llm_prompts": {
+        "max_features": 8,
+        "max_visits": 1,
+        "include_example": False,
+        "max_tokens": 640,
+    },
     "base_llm_predictions": {
         "splits": ["val"],
         "max_patients_per_split": None,
@@ -80,7 +85,9 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "learning_rate": 5e-5,
         "num_generations": 4,
         "per_device_train_batch_size": 8,
-        "num_iterations": 1,
+        # Two updates per generation batch, as the asset's default: with one, the importance
+        # ratio is exactly 1 and EAG-RL's adaptive clip never acts (the study at a39f272 ran so).
+        "num_iterations": 2,
         "max_train_prompts": None,
         "val_prompts": None,
         "scaffold": SCAFFOLD,
@@ -284,6 +291,11 @@ def render(study: dict[str, Any]) -> str:
         ),
         "",
         *_dtype_line(study.get("generation_dtype")),
+        *(
+            [f"Variant: the study configuration with {json.dumps(study['overrides'])}.", ""]
+            if study.get("overrides")
+            else []
+        ),
         "| stage | wall s |",
         "|---|---:|",
         *(f"| {k} | {v:.1f} |" for k, v in study["stage_seconds"].items()),
@@ -327,7 +339,18 @@ def main() -> None:
         help="resume in --home at this stage: earlier stages keep the outputs and seconds of "
         "the run that wrote them (an interrupted study need not redo MCTS)",
     )
+    parser.add_argument(
+        "--override",
+        type=json.loads,
+        default={},
+        help='JSON merged into the study configuration per asset, e.g. \'{"rl_checkpoint": '
+        '{"learning_rate": 2e-4}}\': a variant to compare on validation (the results record it)',
+    )
     args = parser.parse_args()
+    for asset, values in args.override.items():
+        if asset not in STUDY_CONFIG:
+            sys.exit(f"[study] --override names {asset!r}; configurable: {sorted(STUDY_CONFIG)}")
+        STUDY_CONFIG[asset] = {**STUDY_CONFIG[asset], **values}
     if not args.tjh.exists():
         sys.exit(
             f"[study] no TJH file at {args.tjh}; pass --tjh (the real file is not in the repo)"
@@ -371,6 +394,7 @@ def main() -> None:
             return
     study = collect(home, seconds, failed)
     study["generation_dtype"] = resources["llm"].dtype_choice("cpu")
+    study["overrides"] = args.override
     text = render(study)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning.md").write_text(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import json
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 from packaging import version
+
+from eagrl_pipeline.errors import InputDataError
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 
@@ -39,6 +42,33 @@ def dbt_resource() -> DbtCliResource:
     )
 
 
+def mimic_iv_lab_ids() -> list[str]:
+    """The MIMIC-IV lab feature ids the dictionary seed defines (what a lab panel may name)."""
+    with open(DBT_PROJECT_DIR / "seeds" / "feature_dictionary.csv", newline="") as handle:
+        return [
+            row["feature_id"]
+            for row in csv.DictReader(handle)
+            if row["dataset"] == "mimic_iv" and row["source_column"] == "labevents"
+        ]
+
+
+def check_lab_feature_ids(ids: list[str]) -> list[str]:
+    """Refuse a lab panel id the dictionary does not define.
+
+    The ids are pasted into dbt's SQL as literals, and an unknown one would otherwise vanish
+    from the cohort without a word, so only the seed's own ids pass.
+    """
+    known = mimic_iv_lab_ids()
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InputDataError(
+            "EhrSources.mimic_iv_lab_feature_ids",
+            f"unknown MIMIC-IV lab feature id(s) {unknown}.",
+            fix=f"use ids from dbt_project/seeds/feature_dictionary.csv: {', '.join(known)}.",
+        )
+    return list(ids)
+
+
 def dbt_vars(
     *,
     raw_root: Path,
@@ -53,5 +83,5 @@ def dbt_vars(
         "mimic_iv_feature_set": mimic_iv_feature_set,
     }
     if mimic_iv_lab_feature_ids:
-        values["mimic_iv_lab_feature_ids"] = list(mimic_iv_lab_feature_ids)
+        values["mimic_iv_lab_feature_ids"] = check_lab_feature_ids(list(mimic_iv_lab_feature_ids))
     return ["--vars", json.dumps(values)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import Field, field_validator
+
+from resources.dbt import check_lab_feature_ids
 
 
 class EhrSources(ConfigurableResource):
@@ -29,3 +31,8 @@ class EhrSources(ConfigurableResource):
     synthetic_mimic_iv_stays: int = Field(
         default=2000, description="Synthetic MIMIC-IV ICU stays (benchmarks go to 100,000)."
     )
+
+    @field_validator("mimic_iv_lab_feature_ids")
+    @classmethod
+    def _known_lab_ids(cls, value: list[str]) -> list[str]:
+        return check_lab_feature_ids(value)

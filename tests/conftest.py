@@ -39,7 +39,8 @@ def lineage_home(tmp_path_factory: pytest.TempPathFactory):
     from definitions import all_assets, build_resources
     from resources import EhrSources
 
-    home = tmp_path_factory.mktemp("eagrl_home")
+    # A quote in the home path: it reaches dbt's SQL (sources) and must be escaped there.
+    home = tmp_path_factory.mktemp("eagrl_home_o'brien")
     resources = build_resources(str(home))
     resources["sources"] = EhrSources(synthetic_tjh_patients=375, synthetic_mimic_iv_stays=600)
     instance = DagsterInstance.ephemeral()

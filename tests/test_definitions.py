@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey
 
+from eagrl_pipeline.errors import InputDataError
 from resources import dbt_vars
 
 
@@ -54,6 +56,31 @@ def test_dbt_vars_carry_run_time_paths_and_lab_panel(tmp_path: Path):
     assert "mimic_iv_lab_feature_ids" not in json.loads(
         dbt_vars(raw_root=tmp_path, warehouse_path=tmp_path, mimic_iv_feature_set="vitals")[1]
     )
+
+
+def test_unknown_lab_feature_id_is_refused_at_config_time_with_the_known_ids():
+    """Lab ids are pasted into dbt's SQL: an unknown (or crafted) one must never get there."""
+    import pydantic
+
+    from resources import EhrSources
+    from resources.dbt import mimic_iv_lab_ids
+
+    known = mimic_iv_lab_ids()
+    assert "lab_sodium" in known and all(i.startswith("lab_") for i in known)
+    assert EhrSources(mimic_iv_lab_feature_ids=["lab_sodium"]).mimic_iv_lab_feature_ids == [
+        "lab_sodium"
+    ]
+    for bad in (["lab_sodum"], ["lab_sodium') or true --"]):
+        with pytest.raises(pydantic.ValidationError, match="unknown MIMIC-IV lab feature id"):
+            EhrSources(mimic_iv_lab_feature_ids=bad)
+        with pytest.raises(InputDataError, match="lab_sodium") as exc:
+            dbt_vars(
+                raw_root=Path("r"),
+                warehouse_path=Path("w"),
+                mimic_iv_feature_set="vitals_labs",
+                mimic_iv_lab_feature_ids=bad,
+            )
+        assert "EhrSources.mimic_iv_lab_feature_ids" in str(exc.value)
 
 
 def test_make_runs_smoke_gate_is_valid_config_and_looser_than_the_default():

@@ -222,7 +222,7 @@ def test_vitals_labs_without_labevents_names_file_and_alternative(
     message = str(exc.value)
     assert str(raw / "hosp/labevents.csv.gz") in message
     assert "needs hosp/labevents.csv.gz" in message
-    assert "feature_set='vitals' works without it" in message
+    assert "EAGRL_MIMIC_IV_FEATURE_SET=vitals" in message and "works without it" in message
     assert "Fix:" in message
 
 
@@ -262,10 +262,18 @@ def test_value_not_fitting_type_names_file_and_column(
     assert f"column {column!r}" in message
     assert f"(expected {expected_type})" in message
     assert "Fix:" in message
-    # The failed table leaves neither output nor temporary files behind.
-    name = Path(table).name
-    assert not (out / f"{name}.parquet").exists()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # The failed snapshot (the first one here) leaves neither output nor temporary files behind.
+    assert not out.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _gz_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    return gzip.compress(text.encode(encoding))
+
+
+def _patients_text(delimiter: str = ",") -> str:
+    lines = [COLUMNS["hosp/patients"], *ROWS["hosp/patients"]]
+    return "".join(delimiter.join(line) + "\n" for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -274,18 +282,30 @@ def test_value_not_fitting_type_names_file_and_column(
         (b"", "the file is empty"),
         (gzip.compress(b""), "the file is empty"),
         (gzip.compress(b"\n"), "the file is empty"),
-        (b"subject_id,gender\n", "not a readable gzip CSV"),
+        (b"subject_id,gender\n", "not a readable gzip file"),
+        (_gz_bytes(_patients_text(), "utf-16"), "is UTF-16 text"),
+        (_gz_bytes(_patients_text().replace("gender", "性别"), "gbk"), "not UTF-8 text"),
+        (_gz_bytes(_patients_text(";")), "separated by semicolons"),
+        (_gz_bytes(_patients_text("\t")), "separated by tabs"),
+        (_gz_bytes(_patients_text())[:-12], "not a complete gzip file"),
+        (_gz_bytes(_patients_text() + "10000003,F,50,2150\n"), "a row has 4 fields where the "),
     ],
-    ids=["zero-bytes", "empty-gzip", "blank-line", "not-gzip"],
-)
-def test_empty_or_unreadable_file_raises(
+    ids=[
+        "zero-bytes", "empty-gzip", "blank-line", "not-gzip",
+        "utf16", "gbk", "semicolons", "tabs", "truncated-gzip", "ragged-row",
+    ],
+)  # fmt: skip
+def test_empty_or_unreadable_file_is_diagnosed_as_what_it_is(
     raw: Path, tmp_path: Path, content: bytes, match: str
 ) -> None:
+    """An encoding, delimiter, cut gzip or ragged row used to read as a renamed column or as
+    'a value does not fit its column type'."""
     path = raw / "hosp/patients.csv.gz"
     path.write_bytes(content)
     with pytest.raises(InputDataError, match=match) as exc:
         _snapshot(raw, tmp_path / "out")
     assert str(path) in str(exc.value)
+    assert "does not fit its column type" not in str(exc.value)
 
 
 def test_header_only_file_raises(raw: Path, tmp_path: Path) -> None:
@@ -357,3 +377,79 @@ def test_quoted_comma_after_sniffer_sample(raw: Path, tmp_path: Path) -> None:
     _write_gz(raw / "hosp/labevents.csv.gz", COLUMNS["hosp/labevents"], rows)
     counts = _snapshot(raw, tmp_path / "out")
     assert counts["labevents"] == 25_001
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x': 'VARCHAR'}) TO 'pwned.csv' (FORMAT csv); SELECT ('",
+        'valuenum"; DROP TABLE t; --',
+        "first name",
+        "1st",
+    ],
+)
+def test_header_name_that_is_not_an_identifier_is_refused_before_any_sql(
+    raw: Path, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Header names reach read_csv(columns = ...): only plain identifiers may get there."""
+    header = [*COLUMNS["icu/chartevents"], name]
+    rows = [[*row, "1"] for row in ROWS["icu/chartevents"]]
+    path = raw / "icu/chartevents.csv.gz"
+    _write_gz(path, header, rows)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(InputDataError, match="not a plain column name") as exc:
+        _snapshot(raw, out)
+    assert str(path) in str(exc.value)
+    assert exc.value.column == name
+    assert "Fix:" in str(exc.value)
+    assert not (tmp_path / "pwned.csv").exists()
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "out" not in p.parts)
+    assert after == [p for p in before if "out" not in p.parts]
+
+
+def test_failed_snapshot_leaves_the_previous_one_whole(raw: Path, tmp_path: Path) -> None:
+    """A second folder whose patients are fine but whose labevents are broken replaces nothing."""
+    out = tmp_path / "out"
+    _snapshot(raw, out)
+    before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    second = _build(tmp_path / "second")
+    _write_gz(second / "hosp/patients.csv.gz", COLUMNS["hosp/patients"], ROWS["hosp/patients"][:1])
+    _replace_column(second, "hosp/labevents", "valuenum", 0, "not a number")
+    with pytest.raises(InputDataError):
+        _snapshot(second, out)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mimic-iv-3.1", "out", "second"]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("hosp/patients", "subject_id", "10000001"),
+        ("hosp/admissions", "hadm_id", "20000002"),
+        ("icu/icustays", "stay_id", "30000001"),
+    ],
+)
+def test_duplicate_primary_key_is_refused_naming_file_key_and_value(
+    raw: Path, tmp_path: Path, table: str, key: str, value: str
+) -> None:
+    out = tmp_path / "out"
+    _snapshot(raw, out)
+    before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    rows = ROWS[table]
+    duplicated = next(r for r in rows if r[COLUMNS[table].index(key)] == value)
+    path = raw / f"{table}.csv.gz"
+    _write_gz(path, COLUMNS[table], [*rows, duplicated])
+    with pytest.raises(InputDataError, match=f"{key} {value} appears on 2 rows") as exc:
+        _snapshot(raw, out)
+    assert str(path) in str(exc.value) and exc.value.column == key and "Fix:" in str(exc.value)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == before
+
+
+def test_utf8_byte_order_mark_is_accepted(raw: Path, tmp_path: Path) -> None:
+    _snapshot(raw, tmp_path / "plain")
+    (raw / "hosp/patients.csv.gz").write_bytes(_gz_bytes("\ufeff" + _patients_text()))
+    _snapshot(raw, tmp_path / "bom")
+    plain = pd.read_parquet(tmp_path / "plain/patients.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "bom/patients.parquet"), plain)

@@ -54,5 +54,38 @@ def test_missing_labevents_names_the_feature_set_that_works(tmp_path):
 
     root = write_synthetic_mimic_iv(tmp_path / "mimic", n_stays=40, include_labevents=False)
     assert set(check_layout(root, "vitals")) >= {"chartevents", "icustays"}
-    with pytest.raises(InputDataError, match=r"labevents\.csv\.gz.*'vitals' works without it"):
+    expected = r"labevents\.csv\.gz.*FEATURE_SET=vitals .*works without it"
+    with pytest.raises(InputDataError, match=expected):
         check_layout(root, "vitals_labs")
+
+
+def test_interrupted_synthetic_generation_is_never_taken_for_complete(tmp_path):
+    """The marker used to be written after the data in place, and kept while regenerating."""
+    import json
+
+    import pytest
+
+    from assets.raw import MARKER, _synthetic
+
+    folder = tmp_path / "synthetic"
+    calls = []
+
+    def write(staged, fail=False):
+        calls.append(staged)
+        (staged / "part1.csv").write_text("first half")
+        if fail:
+            raise KeyboardInterrupt  # a user's Ctrl-C mid-generation
+        (staged / "part2.csv").write_text("second half")
+
+    _synthetic(folder, {"seed": 0}, write)
+    assert json.loads((folder / MARKER).read_text()) == {"seed": 0}
+    with pytest.raises(KeyboardInterrupt):
+        _synthetic(folder, {"seed": 1}, lambda staged: write(staged, fail=True))
+    # the seed-0 folder is whole and still says seed 0; nothing half-written is left around
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "part1.csv", "part2.csv"])
+    assert json.loads((folder / MARKER).read_text()) == {"seed": 0}
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]
+    _synthetic(folder, {"seed": 1}, write)  # asked again, it generates (not reuses)
+    assert len(calls) == 3 and json.loads((folder / MARKER).read_text()) == {"seed": 1}
+    _synthetic(folder, {"seed": 1}, write)  # and a complete generation is reused
+    assert len(calls) == 3

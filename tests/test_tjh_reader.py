@@ -323,3 +323,133 @@ def test_fractional_patient_id_message_has_fix(tmp_path: Path) -> None:
     with pytest.raises(InputDataError) as exc:
         read_tjh(path)
     assert "Fix:" in str(exc.value)
+
+
+def _with_re_dates(dates: list[str]) -> pd.DataFrame:
+    frame = _valid_frame()
+    frame["RE_DATE"] = dates
+    return frame
+
+
+def test_day_first_dates_read_with_one_format_for_the_whole_column(tmp_path: Path) -> None:
+    """`format="mixed"` read 02/01/2020 as 1 February next to 31/01/2020 as 31 January."""
+    dates = ["31/01/2020 01:09", "02/02/2020 10:00", "01/02/2020 08:00", "", "05/02/2020 09:30"]
+    table = read_tjh(_write(_with_re_dates(dates), tmp_path / "tjh.csv"))
+    assert table["re_date"].dropna().dt.strftime("%Y-%m-%d").tolist() == [
+        "2020-01-31",
+        "2020-02-02",
+        "2020-02-01",
+        "2020-02-05",
+    ]
+
+
+def test_ambiguous_day_month_dates_are_refused_with_the_row(tmp_path: Path) -> None:
+    dates = ["01/02/2020 01:09", "02/02/2020 10:00", "02/01/2020 08:00", "", "05/02/2020 09:30"]
+    path = _write(_with_re_dates(dates), tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match="ambiguous date '01/02/2020 01:09'") as exc:
+        read_tjh(path)
+    message = _assert_error(exc, path, "RE_DATE")
+    assert "data row 1" in message and "2020-02-01 or 2020-01-02" in message
+
+
+def test_one_column_in_two_formats_is_refused(tmp_path: Path) -> None:
+    dates = ["2020-01-31 01:09:00", "02/02/2020 10:00", "2020-02-01 08:00:00", "", "2020-02-05"]
+    path = _write(_with_re_dates(dates), tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match="one format per column") as exc:
+        read_tjh(path)
+    assert "data row 2" in _assert_error(exc, path, "RE_DATE")
+
+
+@pytest.mark.parametrize("date", ["2099-02-01 08:00:00", "1900-02-01 08:00:00"])
+def test_dates_outside_the_plausible_window_are_refused(tmp_path: Path, date: str) -> None:
+    frame = _valid_frame()
+    frame.loc[2, "RE_DATE"] = date
+    path = _write(frame, tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match=r"lies outside 2019-01-01\.\.2022-12-31") as exc:
+        read_tjh(path)
+    assert "data row 3" in _assert_error(exc, path, "RE_DATE")
+
+
+def test_discharge_before_admission_is_refused(tmp_path: Path) -> None:
+    frame = _valid_frame()
+    frame.loc[[2, 3], "Discharge time"] = "2020-01-25 09:00:00"  # patient 2 admitted 2020-02-01
+    path = _write(frame, tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match="discharge 2020-01-25 09:00:00 before admission") as e:
+        read_tjh(path)
+    assert "data row 3" in _assert_error(e, path, "Discharge time")
+
+
+def test_only_minus_one_is_the_missing_sentinel(tmp_path: Path) -> None:
+    frame = _valid_frame()
+    frame.loc[0, "hemoglobin"] = "-1"
+    assert read_tjh(_write(frame, tmp_path / "ok.csv"))["hemoglobin"].iloc[0] == -1.0
+    frame.loc[2, "albumin"] = "-3.5"
+    path = _write(frame, tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match=r"negative value -3\.5 at data row 3") as exc:
+        read_tjh(path)
+    _assert_error(exc, path, "albumin")
+
+
+def test_tjh_labs_are_non_negative_in_the_dictionary() -> None:
+    """The reader refuses negative TJH labs; the dictionary's valid ranges must agree."""
+    dictionary = pd.read_csv(
+        Path(__file__).resolve().parents[1] / "dbt_project" / "seeds" / "feature_dictionary.csv"
+    )
+    labs = dictionary[(dictionary["dataset"] == "tjh") & (dictionary["kind"] == "lab")]
+    assert len(labs) == 73 and (labs["valid_min"] >= 0).all()
+
+
+def test_no_report_date_at_all_is_refused(tmp_path: Path) -> None:
+    path = _write(_with_re_dates([""] * 5), tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match="no row has a report date") as exc:
+        read_tjh(path)
+    _assert_error(exc, path, "RE_DATE")
+
+
+def test_csv_renamed_to_xlsx_and_empty_xlsx_are_named(tmp_path: Path) -> None:
+    renamed = _write(_valid_frame(), tmp_path / "tjh.xlsx")
+    with pytest.raises(InputDataError, match=r"is not an Excel workbook .*a CSV renamed") as exc:
+        read_tjh(renamed)
+    _assert_error(exc, renamed)
+    empty = tmp_path / "empty.xlsx"
+    empty.write_bytes(b"")
+    with pytest.raises(InputDataError, match=r"the file is empty \(0 bytes\)") as exc:
+        read_tjh(empty)
+    _assert_error(exc, empty)
+
+
+def test_table_on_a_later_sheet_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "tjh.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        about = pd.DataFrame({"notes": ["exported 2020-03-01"]})
+        about.to_excel(writer, sheet_name="About", index=False)
+        _valid_frame().to_excel(writer, sheet_name="Data", index=False)
+    with pytest.raises(InputDataError, match="the TJH table is on sheet 'Data'") as exc:
+        read_tjh(path)
+    assert "move sheet 'Data' to the front" in _assert_error(exc, path)
+
+
+def test_utf8_bom_csv_reads_like_the_plain_one(tmp_path: Path) -> None:
+    plain = read_tjh(_write(_valid_frame(), tmp_path / "plain.csv"))
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.csv").read_bytes())
+    pd.testing.assert_frame_equal(read_tjh(bom), plain)
+
+
+@pytest.mark.parametrize(
+    ("encode", "match"),
+    [
+        (lambda text: text.replace("hemoglobin", "血红蛋白", 1).encode("gbk"), "not UTF-8 text"),
+        (lambda text: text.encode("utf-16"), "is UTF-16 text"),
+        (lambda text: text.replace(",", ";").encode(), "separated by semicolons"),
+    ],
+    ids=["gbk", "utf16", "semicolons"],
+)
+def test_csv_encoding_and_delimiter_are_named(tmp_path: Path, encode, match: str) -> None:
+    text = _valid_frame().to_csv(index=False)
+    path = tmp_path / "tjh.csv"
+    path.write_bytes(encode(text))
+    with pytest.raises(InputDataError, match=match) as exc:
+        read_tjh(path)
+    message = _assert_error(exc, path)
+    assert "required column is missing" not in message

@@ -154,6 +154,39 @@ def test_rl_checkpoint_trains_from_the_sft_adapter(training_run):
     assert gate.metadata["val_reward_gain_lo"].value == pytest.approx(lo)
 
 
+def test_validation_crash_after_training_keeps_the_previous_adapter_and_manifest(
+    training_run, monkeypatch
+):
+    """The adapter used to be replaced by training, before the validation and the manifest: a
+    crash in between left a new adapter beside the old run's manifest."""
+    import assets.training
+    from definitions import all_assets
+
+    _, home, resources, lineage = training_run
+    out = home / "artifacts" / "sft_checkpoint" / PARTITION
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapter_dir"] == str(out / "adapter") and len(manifest["adapter_sha256"]) == 64
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("validation crashed")
+
+    monkeypatch.setattr(assets.training, "policy_answers", crash)
+    result = materialize(
+        all_assets,
+        selection=AssetSelection.assets("sft_checkpoint"),
+        partition_key=PARTITION,
+        resources=resources,
+        instance=lineage["instance"],
+        run_config={"ops": {"sft_checkpoint": {"config": {"max_steps": 2, "max_length": 4096}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    kept = {k: v for k, v in after.items() if k.parts[0] in ("adapter", "manifest.json")}
+    assert kept == {k: v for k, v in before.items() if k.parts[0] in ("adapter", "manifest.json")}
+
+
 def test_indivisible_grpo_batch_is_refused_before_training(training_run):
     from definitions import all_assets
 

@@ -9,9 +9,11 @@ columns the pipeline does not read; extra columns are ignored.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,12 +24,15 @@ import duckdb
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
 
+_REDOWNLOAD_FIX = "download the file again from PhysioNet and compare it with SHA256SUMS.txt."
+
 
 @dataclass(frozen=True)
 class TableSpec:
     folder: str
     name: str
     columns: dict[str, str]  # needed column -> DuckDB type
+    primary_key: str | None = None  # checked unique before the snapshot replaces anything
 
     @property
     def relative_path(self) -> str:
@@ -47,6 +52,7 @@ TABLES: dict[str, TableSpec] = {
                 "anchor_year": "INTEGER",
                 "dod": "DATE",
             },
+            primary_key="subject_id",
         ),
         TableSpec(
             "hosp",
@@ -59,6 +65,7 @@ TABLES: dict[str, TableSpec] = {
                 "deathtime": "TIMESTAMP",
                 "hospital_expire_flag": "INTEGER",
             },
+            primary_key="hadm_id",
         ),
         TableSpec(
             "icu",
@@ -71,6 +78,7 @@ TABLES: dict[str, TableSpec] = {
                 "outtime": "TIMESTAMP",
                 "los": "DOUBLE",
             },
+            primary_key="stay_id",
         ),
         TableSpec(
             "icu",
@@ -128,15 +136,20 @@ def check_layout(root: str | Path, feature_set: str) -> dict[str, Path]:
         raise InputDataError(
             root,
             "MIMIC-IV folder not found.",
-            fix="point raw_mimic_iv's `root` at the folder holding hosp/ and icu/, or leave it "
-            "empty for the synthetic default.",
+            fix="set EAGRL_MIMIC_IV_ROOT (the `sources` resource's mimic_iv_root) to the "
+            "folder holding hosp/ and icu/, or unset it for the synthetic default.",
         )
     paths: dict[str, Path] = {}
     for table in required_tables(feature_set):
         path = root / TABLES[table].relative_path
         if not path.is_file():
             without = [s for s, tables in FEATURE_SETS.items() if table not in tables]
-            alternative = f" feature_set={without[0]!r} works without it." if without else ""
+            alternative = (
+                f" EAGRL_MIMIC_IV_FEATURE_SET={without[0]} (the `sources` resource's "
+                "mimic_iv_feature_set) works without it."
+                if without
+                else ""
+            )
             raise InputDataError(
                 path,
                 f"missing: feature_set={feature_set!r} needs {TABLES[table].relative_path}.",
@@ -147,19 +160,76 @@ def check_layout(root: str | Path, feature_set: str) -> dict[str, Path]:
 
 
 def read_header(path: Path) -> list[str]:
+    """The header row's names; an encoding or delimiter MIMIC-IV never uses is named as such.
+
+    A UTF-8 byte-order mark is accepted (DuckDB skips it too).
+    """
     try:
-        with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
-            line = handle.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InputDataError(path, f"is not a readable gzip CSV ({exc}).") from exc
+        with gzip.open(path, "rb") as handle:
+            raw = handle.readline()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputDataError(
+            path, f"is not a readable gzip file ({exc}).", fix=_REDOWNLOAD_FIX
+        ) from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputDataError(
+            path,
+            "is UTF-16 text; MIMIC-IV files are UTF-8.",
+            fix="use the file as downloaded, or re-save it as UTF-8 CSV and gzip it.",
+        )
+    try:
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputDataError(
+            path,
+            f"its header is not UTF-8 text (byte {raw[exc.start]:#04x} at position "
+            f"{exc.start}; a GBK or Latin-1 export?); MIMIC-IV files are UTF-8.",
+            fix="use the file as downloaded, or re-save it as UTF-8 CSV and gzip it.",
+        ) from exc
     if not line.strip():
         raise InputDataError(path, "the file is empty (no header row).")
-    return [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
+    try:
+        names = [c.strip() for c in next(csv.reader([line.rstrip("\r\n")], strict=True))]
+    except csv.Error as exc:
+        raise InputDataError(
+            path,
+            f"its header row is not valid CSV ({exc}).",
+            fix="restore the header row as shipped by PhysioNet, or " + _REDOWNLOAD_FIX,
+        ) from exc
+    if len(names) == 1:
+        for delimiter, word in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if delimiter in names[0]:
+                raise InputDataError(
+                    path,
+                    f"its columns are separated by {word}; MIMIC-IV files use commas.",
+                    fix="re-export the table as comma-separated CSV (or use the file as "
+                    "downloaded).",
+                )
+    return names
+
+
+_PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _check_header(path: Path, spec: TableSpec, header: Sequence[str]) -> None:
+    """Refuse a header the snapshot cannot read safely.
+
+    Every header name reaches DuckDB's ``read_csv(columns = ...)`` (the extra columns too: the
+    reader needs a type for each), so a name must be a plain identifier, as every MIMIC-IV
+    column is; anything else is refused before any SQL is built.
+    """
     import difflib
 
+    for name in header:
+        if not _PLAIN_IDENTIFIER.match(name):
+            raise InputDataError(
+                path,
+                "the header holds a name that is not a plain column name (letters, digits "
+                "and underscores, not starting with a digit); MIMIC-IV files have none.",
+                column=name[:80],
+                fix=f"restore {spec.relative_path}'s header as shipped by PhysioNet "
+                "(a header row of MIMIC-IV column names separated by commas).",
+            )
     for column in spec.columns:
         if column not in header:
             close = difflib.get_close_matches(column, header, n=1, cutoff=0.6)
@@ -208,6 +278,7 @@ def snapshot_table(
     with atomic_path(target) as tmp:
         query = (
             f"COPY (SELECT {select} FROM read_csv('{_sql_path(path)}', header = true, "
+            "auto_detect = false, delim = ',', "
             f"columns = {columns_sql}, quote = '\"', escape = '\"', nullstr = '', "
             "timestampformat = '%Y-%m-%d %H:%M:%S', "
             f"dateformat = '%Y-%m-%d', compression = 'gzip'){where}) "
@@ -216,22 +287,73 @@ def snapshot_table(
         try:
             con.execute(query)
         except duckdb.Error as exc:
-            message = str(exc)
-            match = _COLUMN_IN_ERROR.search(message)
-            column = match.group(1) if match and match.group(1) in types else None
-            expected = f" (expected {types[column]})" if column else ""
-            first_line = message.strip().splitlines()[0][:300]
-            raise InputDataError(
-                path,
-                f"a value does not fit its column type{expected}: {first_line}",
-                column=column,
-                fix="correct or blank the value; MIMIC-IV types are in MIMIC_IV_SCHEMA.md.",
-            ) from exc
+            raise _read_error(path, exc, types) from exc
         rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_path(tmp)}')").fetchone()
+        if spec.primary_key:
+            _check_unique(con, path, tmp, spec.primary_key)
     count = int(rows[0]) if rows else 0
     if count == 0 and itemids is None:
         raise InputDataError(path, "has a header but no rows.")
     return count
+
+
+_LINE_IN_ERROR = re.compile(r"CSV Error on Line: (\d+)")
+_FIELDS_IN_ERROR = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
+
+
+def _read_error(path: Path, exc: duckdb.Error, types: dict[str, str]) -> InputDataError:
+    """Say what went wrong reading a csv.gz: a cut or corrupt gzip, a row with the wrong number
+    of fields, or a value of the wrong type; never a cell's content (it is patient data)."""
+    message = str(exc)
+    line = _LINE_IN_ERROR.search(message)
+    at = f" at line {line.group(1)}" if line else ""
+    if isinstance(exc, duckdb.IOException) and "gzip" in message.lower():
+        return InputDataError(
+            path, "is not a complete gzip file (truncated or corrupted).", fix=_REDOWNLOAD_FIX
+        )
+    fields = _FIELDS_IN_ERROR.search(message)
+    if fields:
+        expected, found = fields.groups()
+        return InputDataError(
+            path,
+            f"a row has {found} fields where the header has {expected}{at} (a field lost its "
+            "quotes, the file was edited, or its bytes are corrupted).",
+            fix="restore that line, or " + _REDOWNLOAD_FIX,
+        )
+    if isinstance(exc, duckdb.ConversionException):
+        match = _COLUMN_IN_ERROR.search(message)
+        column = match.group(1) if match and match.group(1) in types else None
+        expected_type = f" (expected {types[column]})" if column else ""
+        return InputDataError(
+            path,
+            f"a value does not fit its column type{expected_type}{at}.",
+            column=column,
+            fix="correct or blank the value; MIMIC-IV types are in MIMIC_IV_SCHEMA.md.",
+        )
+    first_line = message.strip().splitlines()[0][:300]
+    return InputDataError(
+        path,
+        f"DuckDB could not read the file: {first_line}",
+        fix="check the file, or " + _REDOWNLOAD_FIX,
+    )
+
+
+def _check_unique(con: duckdb.DuckDBPyConnection, path: Path, parquet: Path, key: str) -> None:
+    """A table's key names one row: a duplicate (say, a file concatenated twice) is refused
+    with the first duplicated value, before the snapshot replaces anything."""
+    duplicate = con.execute(
+        f"SELECT \"{key}\", count(*) AS n FROM read_parquet('{_sql_path(parquet)}') "
+        f'GROUP BY "{key}" HAVING count(*) > 1 ORDER BY "{key}" LIMIT 1'
+    ).fetchone()
+    if duplicate:
+        value, n = duplicate
+        raise InputDataError(
+            path,
+            f"{key} {value} appears on {n} rows; {key} identifies one row of this table.",
+            column=key,
+            fix=f"remove the duplicate rows (every {key} once), e.g. from a file concatenated "
+            "twice or two MIMIC-IV versions merged.",
+        )
 
 
 def empty_table(spec: TableSpec, target: Path) -> None:
@@ -252,13 +374,29 @@ def snapshot_mimic_iv(
 ) -> dict[str, int]:
     """Snapshot every table of the feature set to ``out_dir/<table>.parquet``; return row counts.
 
+    All or nothing: the tables are written into a temporary folder that replaces ``out_dir`` in
+    one swap once every table converted, so a failure leaves the previous snapshot whole.
+
     A gzip stream decompresses on one thread, so the tables convert side by side (largest
     first) on cursors of one DuckDB instance. Tables the feature set does not need are written
     empty, so dbt's sources always resolve.
     """
     paths = check_layout(root, feature_set)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir) as staged:
+        staged.mkdir()
+        return _snapshot_tables(
+            paths, staged, chart_itemids=chart_itemids, lab_itemids=lab_itemids, workers=workers
+        )
+
+
+def _snapshot_tables(
+    paths: dict[str, Path],
+    out_dir: Path,
+    *,
+    chart_itemids: Iterable[int],
+    lab_itemids: Iterable[int],
+    workers: int,
+) -> dict[str, int]:
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
     itemid_filters = {"chartevents": list(chart_itemids), "labevents": list(lab_itemids)}

@@ -9,6 +9,8 @@ and the fix when something is off, so a bad file never reaches dbt.
 from __future__ import annotations
 
 import difflib
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,8 @@ _RENAMES = {
     "Discharge time": "discharge_time",
 }
 _DATE_COLUMNS = ("RE_DATE", "Admission time", "Discharge time")
+# TJH writes -1 for "no result" (PyEHR reads it as missing); staging drops exactly this value.
+TJH_MISSING_SENTINEL = -1.0
 _FIX_FORMAT = "export the file as TJH's time_series_375_prerpocess_en.xlsx (or its CSV) is laid out"
 
 
@@ -60,21 +64,20 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise InputDataError(
             path,
             "file not found.",
-            fix="point raw_tjh's `path` at the TJH xlsx/csv file, or leave it empty for the "
-            "synthetic default.",
+            fix="set EAGRL_TJH_PATH (the `sources` resource's tjh_path) to the TJH xlsx/csv "
+            "file, or unset it for the synthetic default.",
         )
     if path.is_dir():
         raise InputDataError(path, "is a folder, expected the TJH xlsx or csv file.")
     suffix = path.suffix.lower()
+    if suffix not in {".xlsx", ".xls", ".csv"}:
+        raise InputDataError(
+            path, f"unsupported file type {suffix!r}.", fix="use the .xlsx file or a .csv."
+        )
+    if path.stat().st_size == 0:
+        raise InputDataError(path, "the file is empty (0 bytes).", fix=_FIX_FORMAT + ".")
     try:
-        if suffix in {".xlsx", ".xls"}:
-            frame = pd.read_excel(path, dtype=object)
-        elif suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            raise InputDataError(
-                path, f"unsupported file type {suffix!r}.", fix="use the .xlsx file or a .csv."
-            )
+        frame = _read_excel(path) if suffix in {".xlsx", ".xls"} else _read_csv(path)
     except pd.errors.EmptyDataError as exc:
         raise InputDataError(path, "the file is empty.", fix=_FIX_FORMAT + ".") from exc
     except InputDataError:
@@ -84,6 +87,71 @@ def _read_table(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise InputDataError(path, "has a header but no rows.", fix=_FIX_FORMAT + ".")
     return frame
+
+
+_XLSX_MAGIC = b"PK\x03\x04"  # an xlsx workbook is a zip archive
+_XLS_MAGIC = b"\xd0\xcf\x11\xe0"  # the legacy binary workbook
+
+
+def _read_excel(path: Path) -> pd.DataFrame:
+    """The first sheet of a workbook; a file that is no workbook, or a workbook whose TJH
+    table sits on another sheet, is named as such instead of pandas' engine message."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head.startswith((_XLSX_MAGIC, _XLS_MAGIC)):
+        text = head.decode("utf-8", errors="replace")
+        looks = " (it starts like text: a CSV renamed?)" if text.isprintable() else ""
+        raise InputDataError(
+            path,
+            f"is not an Excel workbook{looks}.",
+            fix="give the file its real extension (.csv for a CSV export), or re-export it "
+            "from Excel as .xlsx.",
+        )
+    sheets = pd.read_excel(path, dtype=object, sheet_name=None)
+    names = list(sheets)
+    first = sheets[names[0]]
+    if not _has_tjh_header(first):
+        holding = [n for n in names[1:] if _has_tjh_header(sheets[n])]
+        if holding:
+            raise InputDataError(
+                path,
+                f"the TJH table is on sheet {holding[0]!r}, not on the first sheet "
+                f"({names[0]!r}), which the reader reads.",
+                fix=f"move sheet {holding[0]!r} to the front of the workbook.",
+            )
+    return first
+
+
+def _has_tjh_header(frame: pd.DataFrame) -> bool:
+    return {"PATIENT_ID", "RE_DATE"} <= {str(c).strip() for c in frame.columns}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A UTF-8 CSV (a byte-order mark is fine); another encoding or delimiter is named."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputDataError(
+            path, "is UTF-16 text; the reader expects UTF-8.", fix="save the CSV as UTF-8."
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputDataError(
+            path,
+            f"is not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start}; a GBK or "
+            "Latin-1 export?).",
+            fix="save the CSV as UTF-8 (Excel: 'CSV UTF-8').",
+        ) from exc
+    header = text.split("\n", 1)[0]
+    if "," not in header:
+        for delimiter, word in ((";", "semicolons"), ("\t", "tabs")):
+            if delimiter in header:
+                raise InputDataError(
+                    path,
+                    f"its columns are separated by {word}; the reader expects commas.",
+                    fix="save the CSV with comma separators.",
+                )
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
 
 
 def _check_columns(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
@@ -120,19 +188,101 @@ def _to_numeric(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     return values.astype("float64")
 
 
+# One format per date column, tried in this order; a column is read with the single group that
+# parses all of its text cells (Excel cells that are already dates are taken as they are).
+_DATE_GROUPS: dict[str, tuple[str, ...]] = {
+    "ISO 8601 (2020-01-31 01:09:00)": ("ISO8601",),
+    "year/month/day": ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d"),
+    "day/month/year": ("%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y", "%d.%m.%Y %H:%M:%S",
+                       "%d.%m.%Y %H:%M", "%d.%m.%Y"),
+    "month/day/year": ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y"),
+}  # fmt: skip
+# TJH's records run from January to February 2020; a date outside this window is a typo or a
+# wrong format, never a lab report of this cohort.
+TJH_DATE_WINDOW = (pd.Timestamp("2019-01-01"), pd.Timestamp("2022-12-31 23:59:59"))
+_FIX_DATES = "write dates as YYYY-MM-DD HH:MM:SS (e.g. 2020-01-31 01:09:00)"
+
+
+def _parse_group(text: pd.Series, formats: tuple[str, ...]) -> pd.Series:
+    parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    for fmt in formats:
+        missing = parsed.isna()
+        if not missing.any():
+            break
+        parsed[missing] = pd.to_datetime(text[missing], format=fmt, errors="coerce")
+    return parsed
+
+
 def _to_datetime(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
+    """One explicit format per column: never a cell-by-cell guess.
+
+    pandas' ``format="mixed"`` reads ``02/01/2020`` month first and ``31/01/2020`` day first in
+    one column, so a file can be silently wrong by a month. Here the text cells of a column must
+    all fit one format group; a column that fits both day/month and month/day orders differently
+    is refused with the first row where the two readings differ.
+    """
     raw = frame[column]
-    values = pd.to_datetime(raw, errors="coerce", format="mixed")
-    bad = raw.notna() & values.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    is_text = raw.map(lambda v: isinstance(v, str)) & raw.notna()
+    others = raw[raw.notna() & ~is_text]
+    if not others.empty:
+        out[others.index] = pd.to_datetime(others, errors="coerce")
+        bad = out[others.index].isna()
+        if bad.any():
+            row = int(raw.index.get_loc(bad.index[bad.to_numpy()][0]))
+            raise InputDataError(
+                path,
+                f"unparseable date {raw.iloc[row]!r} at data row {row + 1}.",
+                column=column,
+                fix=_FIX_DATES + ".",
+            )
+    text = raw[is_text].str.strip()
+    if not text.empty:
+        readings = {name: _parse_group(text, f) for name, f in _DATE_GROUPS.items()}
+        fitting = [name for name, parsed in readings.items() if parsed.notna().all()]
+        if not fitting:
+            best = max(readings, key=lambda name: int(readings[name].notna().sum()))
+            unparsed = readings[best].isna()
+            row = int(raw.index.get_loc(unparsed.index[unparsed.to_numpy()][0]))
+            also = (
+                f" (the column's other dates are {best}: one format per column)"
+                if readings[best].notna().any()
+                else ""
+            )
+            raise InputDataError(
+                path,
+                f"unparseable date {raw.iloc[row]!r} at data row {row + 1}{also}.",
+                column=column,
+                fix=_FIX_DATES + ".",
+            )
+        if {"day/month/year", "month/day/year"} <= set(fitting):
+            day_first, month_first = readings["day/month/year"], readings["month/day/year"]
+            differ = day_first != month_first
+            if differ.any():
+                row = int(raw.index.get_loc(differ.index[differ.to_numpy()][0]))
+                at = differ.index[differ.to_numpy()][0]
+                raise InputDataError(
+                    path,
+                    f"ambiguous date {raw.iloc[row]!r} at data row {row + 1}: every date of the "
+                    "column reads as day/month/year and as month/day/year, and this one means "
+                    f"{day_first[at]:%Y-%m-%d} or {month_first[at]:%Y-%m-%d}.",
+                    column=column,
+                    fix=_FIX_DATES + ", which has one reading.",
+                )
+        out[text.index] = readings[fitting[0]]
+    dated = out.dropna()
+    outside = (dated < TJH_DATE_WINDOW[0]) | (dated > TJH_DATE_WINDOW[1])
+    if outside.any():
+        row = int(raw.index.get_loc(outside.index[outside.to_numpy()][0]))
         raise InputDataError(
             path,
-            f"unparseable date {raw.iloc[row]!r} at data row {row + 1}.",
+            f"date {raw.iloc[row]!r} at data row {row + 1} lies outside "
+            f"{TJH_DATE_WINDOW[0]:%Y-%m-%d}..{TJH_DATE_WINDOW[1]:%Y-%m-%d} (TJH's records are "
+            "from January and February 2020).",
             column=column,
-            fix="use dates like 2020-01-31 01:09:00.",
+            fix="correct the date (a typo in the year, or a day/month swap).",
         )
-    return values.astype("datetime64[us]")
+    return out.astype("datetime64[us]")
 
 
 def _patient_ids(path: Path, frame: pd.DataFrame) -> pd.Series:
@@ -184,10 +334,52 @@ def read_tjh(path: str | Path) -> pd.DataFrame:
     labs = {c.strip(): _to_numeric(path, frame, c.strip()) for c in TJH_LAB_COLUMNS}
     out = pd.concat([out, pd.DataFrame(labs, index=frame.index)], axis=1)
     _check_values(path, out)
+    _check_dates_and_labs(path, out)
     out["age"] = out["age"].astype("float64")
     out["gender"] = out["gender"].astype("int64")
     out["outcome"] = out["outcome"].astype("int64")
     return out.reset_index(drop=True)
+
+
+def _check_dates_and_labs(path: Path, table: pd.DataFrame) -> None:
+    """Row-level facts a date or lab value must respect, each refused with its row."""
+    if table["re_date"].isna().all():
+        raise InputDataError(
+            path,
+            "no row has a report date, so no lab value can be placed in time (the cohort would "
+            "be empty).",
+            column="RE_DATE",
+            fix="fill RE_DATE with each lab report's time, as in the TJH file.",
+        )
+    admitted, discharged = table["admission_time"], table["discharge_time"]
+    _refuse_first_row(
+        path,
+        discharged < admitted,
+        "Discharge time",
+        lambda row: f"discharge {discharged.iloc[row]} before admission {admitted.iloc[row]}",
+        "correct the admission or discharge time (a swapped pair or a typo).",
+    )
+    sentinel = f"{TJH_MISSING_SENTINEL:g}"
+    for column in (c.strip() for c in TJH_LAB_COLUMNS):
+        values = table[column]
+        _refuse_first_row(
+            path,
+            (values < 0) & (values != TJH_MISSING_SENTINEL),
+            column,
+            lambda row, values=values: f"negative value {values.iloc[row]:g}",
+            f"correct the value, or write {sentinel} or an empty cell for a missing result "
+            f"(TJH's labs are never negative; only {sentinel} stands for no result).",
+        )
+
+
+def _refuse_first_row(
+    path: Path, bad: pd.Series, column: str, problem: Callable[[int], str], fix: str
+) -> None:
+    """Refuse the table at the first row where ``bad`` holds, naming the row."""
+    rows = np.flatnonzero(bad.to_numpy())
+    if len(rows):
+        row = int(rows[0])
+        raise InputDataError(path, f"{problem(row)} at data row {row + 1}.", column=column, fix=fix)
 
 
 def _check_values(path: Path, table: pd.DataFrame) -> None:

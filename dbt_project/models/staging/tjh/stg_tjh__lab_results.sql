@@ -19,4 +19,4 @@ from (
     on columns(* exclude (patient_id, re_date))
     into name source_column value value
 )
-where value >= 0
+where value <> -1  -- the sentinel only: raw_tjh refuses any other negative value
