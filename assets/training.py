@@ -1,6 +1,7 @@
 """Training: the stage-1 SFT adapter on the MCTS trajectories, then the stage-2 GRPO adapter with
 the EAG-RL reward and the entropy-aware adaptive clip. Both log to MLflow and are gated."""
 
+import hashlib
 import json
 import math
 import os
@@ -304,8 +305,6 @@ def _publish(staged_adapter: Path, out_dir: Path, manifest: dict) -> Path:
     succeeded: the adapter trained into a staging folder, so a crash in between leaves the
     previous adapter with its own manifest (the two are swapped back to back, adapter first;
     the manifest names the adapter's digest)."""
-    import hashlib
-
     final = out_dir / "adapter"
     digest = hashlib.sha256()
     for path in sorted(p for p in staged_adapter.rglob("*") if p.is_file()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
@@ -61,10 +63,6 @@ def test_missing_labevents_names_the_feature_set_that_works(tmp_path):
 
 def test_interrupted_synthetic_generation_is_never_taken_for_complete(tmp_path):
     """The marker used to be written after the data in place, and kept while regenerating."""
-    import json
-
-    import pytest
-
     from assets.raw import MARKER, _synthetic
 
     folder = tmp_path / "synthetic"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 
+from eagrl_pipeline.data.text_files import decode_utf8, refuse_other_delimiter
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
 
@@ -171,21 +172,9 @@ def read_header(path: Path) -> list[str]:
         raise InputDataError(
             path, f"is not a readable gzip file ({exc}).", fix=_REDOWNLOAD_FIX
         ) from exc
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InputDataError(
-            path,
-            "is UTF-16 text; MIMIC-IV files are UTF-8.",
-            fix="use the file as downloaded, or re-save it as UTF-8 CSV and gzip it.",
-        )
-    try:
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputDataError(
-            path,
-            f"its header is not UTF-8 text (byte {raw[exc.start]:#04x} at position "
-            f"{exc.start}; a GBK or Latin-1 export?); MIMIC-IV files are UTF-8.",
-            fix="use the file as downloaded, or re-save it as UTF-8 CSV and gzip it.",
-        ) from exc
+    resave = "use the file as downloaded, or re-save it as UTF-8, comma-separated CSV and gzip it."
+    line = decode_utf8(path, raw, resave)
+    refuse_other_delimiter(path, line, resave)
     if not line.strip():
         raise InputDataError(path, "the file is empty (no header row).")
     try:
@@ -196,15 +185,6 @@ def read_header(path: Path) -> list[str]:
             f"its header row is not valid CSV ({exc}).",
             fix="restore the header row as shipped by PhysioNet, or " + _REDOWNLOAD_FIX,
         ) from exc
-    if len(names) == 1:
-        for delimiter, word in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
-            if delimiter in names[0]:
-                raise InputDataError(
-                    path,
-                    f"its columns are separated by {word}; MIMIC-IV files use commas.",
-                    fix="re-export the table as comma-separated CSV (or use the file as "
-                    "downloaded).",
-                )
     return names
 
 

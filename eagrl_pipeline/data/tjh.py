@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eagrl_pipeline.data.text_files import decode_utf8, refuse_other_delimiter
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
 
@@ -107,50 +108,33 @@ def _read_excel(path: Path) -> pd.DataFrame:
             fix="give the file its real extension (.csv for a CSV export), or re-export it "
             "from Excel as .xlsx.",
         )
-    sheets = pd.read_excel(path, dtype=object, sheet_name=None)
-    names = list(sheets)
-    first = sheets[names[0]]
-    if not _has_tjh_header(first):
-        holding = [n for n in names[1:] if _has_tjh_header(sheets[n])]
-        if holding:
-            raise InputDataError(
-                path,
-                f"the TJH table is on sheet {holding[0]!r}, not on the first sheet "
-                f"({names[0]!r}), which the reader reads.",
-                fix=f"move sheet {holding[0]!r} to the front of the workbook.",
-            )
+    with pd.ExcelFile(path) as book:
+        names = book.sheet_names
+        first = book.parse(names[0], dtype=object)
+        if _has_tjh_header(first.columns):
+            return first
+        # Only a first sheet without the TJH header makes the other sheets worth a look (their
+        # header rows only).
+        holding = [n for n in names[1:] if _has_tjh_header(book.parse(n, nrows=0).columns)]
+    if holding:
+        raise InputDataError(
+            path,
+            f"the TJH table is on sheet {holding[0]!r}, not on the first sheet "
+            f"({names[0]!r}), which the reader reads.",
+            fix=f"move sheet {holding[0]!r} to the front of the workbook.",
+        )
     return first
 
 
-def _has_tjh_header(frame: pd.DataFrame) -> bool:
-    return {"PATIENT_ID", "RE_DATE"} <= {str(c).strip() for c in frame.columns}
+def _has_tjh_header(columns: pd.Index) -> bool:
+    return {"PATIENT_ID", "RE_DATE"} <= {str(c).strip() for c in columns}
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """A UTF-8 CSV (a byte-order mark is fine); another encoding or delimiter is named."""
-    raw = path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InputDataError(
-            path, "is UTF-16 text; the reader expects UTF-8.", fix="save the CSV as UTF-8."
-        )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputDataError(
-            path,
-            f"is not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start}; a GBK or "
-            "Latin-1 export?).",
-            fix="save the CSV as UTF-8 (Excel: 'CSV UTF-8').",
-        ) from exc
-    header = text.split("\n", 1)[0]
-    if "," not in header:
-        for delimiter, word in ((";", "semicolons"), ("\t", "tabs")):
-            if delimiter in header:
-                raise InputDataError(
-                    path,
-                    f"its columns are separated by {word}; the reader expects commas.",
-                    fix="save the CSV with comma separators.",
-                )
+    resave = "save the CSV as UTF-8 with comma separators (Excel: 'CSV UTF-8')."
+    text = decode_utf8(path, path.read_bytes(), resave)
+    refuse_other_delimiter(path, text.split("\n", 1)[0], resave)
     return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
 
 
@@ -173,12 +157,20 @@ def _check_columns(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[c.strip() for c in TJH_COLUMNS]]
 
 
+def _first_row(mask: pd.Series, index: pd.Index | None = None) -> int | None:
+    """Position of the first True of ``mask`` (over ``index``, where the mask covers a subset
+    of the frame's rows); None when there is none."""
+    if index is not None:
+        mask = mask.reindex(index, fill_value=False)
+    rows = np.flatnonzero(mask.to_numpy())
+    return int(rows[0]) if len(rows) else None
+
+
 def _to_numeric(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")
-    bad = raw.notna() & values.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+    row = _first_row(raw.notna() & values.isna())
+    if row is not None:
         raise InputDataError(
             path,
             f"non-numeric value {raw.iloc[row]!r} at data row {row + 1} (file line {row + 2}).",
@@ -227,9 +219,8 @@ def _to_datetime(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     others = raw[raw.notna() & ~is_text]
     if not others.empty:
         out[others.index] = pd.to_datetime(others, errors="coerce")
-        bad = out[others.index].isna()
-        if bad.any():
-            row = int(raw.index.get_loc(bad.index[bad.to_numpy()][0]))
+        row = _first_row(out[others.index].isna(), raw.index)
+        if row is not None:
             raise InputDataError(
                 path,
                 f"unparseable date {raw.iloc[row]!r} at data row {row + 1}.",
@@ -242,8 +233,7 @@ def _to_datetime(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
         fitting = [name for name, parsed in readings.items() if parsed.notna().all()]
         if not fitting:
             best = max(readings, key=lambda name: int(readings[name].notna().sum()))
-            unparsed = readings[best].isna()
-            row = int(raw.index.get_loc(unparsed.index[unparsed.to_numpy()][0]))
+            row = _first_row(readings[best].isna(), raw.index)
             also = (
                 f" (the column's other dates are {best}: one format per column)"
                 if readings[best].notna().any()
@@ -257,10 +247,9 @@ def _to_datetime(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
             )
         if {"day/month/year", "month/day/year"} <= set(fitting):
             day_first, month_first = readings["day/month/year"], readings["month/day/year"]
-            differ = day_first != month_first
-            if differ.any():
-                row = int(raw.index.get_loc(differ.index[differ.to_numpy()][0]))
-                at = differ.index[differ.to_numpy()][0]
+            row = _first_row(day_first != month_first, raw.index)
+            if row is not None:
+                at = raw.index[row]
                 raise InputDataError(
                     path,
                     f"ambiguous date {raw.iloc[row]!r} at data row {row + 1}: every date of the "
@@ -270,10 +259,8 @@ def _to_datetime(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
                     fix=_FIX_DATES + ", which has one reading.",
                 )
         out[text.index] = readings[fitting[0]]
-    dated = out.dropna()
-    outside = (dated < TJH_DATE_WINDOW[0]) | (dated > TJH_DATE_WINDOW[1])
-    if outside.any():
-        row = int(raw.index.get_loc(outside.index[outside.to_numpy()][0]))
+    row = _first_row((out < TJH_DATE_WINDOW[0]) | (out > TJH_DATE_WINDOW[1]))
+    if row is not None:
         raise InputDataError(
             path,
             f"date {raw.iloc[row]!r} at data row {row + 1} lies outside "
@@ -376,9 +363,8 @@ def _refuse_first_row(
     path: Path, bad: pd.Series, column: str, problem: Callable[[int], str], fix: str
 ) -> None:
     """Refuse the table at the first row where ``bad`` holds, naming the row."""
-    rows = np.flatnonzero(bad.to_numpy())
-    if len(rows):
-        row = int(rows[0])
+    row = _first_row(bad)
+    if row is not None:
         raise InputDataError(path, f"{problem(row)} at data row {row + 1}.", column=column, fix=fix)
 
 
@@ -389,8 +375,8 @@ def _check_values(path: Path, table: pd.DataFrame) -> None:
         "age": (table["age"].between(0, 120), "must be an age in years between 0 and 120"),
     }
     for column, (ok, expected) in checks.items():
-        if not ok.all():
-            row = int(np.flatnonzero(~ok.to_numpy())[0])
+        row = _first_row(~ok)
+        if row is not None:
             raise InputDataError(
                 path,
                 f"impossible value {table[column].iloc[row]:g} at data row {row + 1}; {expected}.",
