@@ -54,7 +54,17 @@ def test_answers_follow_the_format_within_caps(tiny, steps: int) -> None:
         assert len(split_steps(text)[0]) == steps
         assert all("<" not in content for _, content in segments), "a stray tag in a segment"
         final = segments[-1][1]
-        assert re.fullmatch(r"[ 0-9.%]*", final), f"non-numeric final answer {final!r}"
+        # After the forced "0." only digits: a '%' made "0.9%" read 0.009 (real TJH answers).
+        assert re.fullmatch(r" 0\.[ 0-9]*", final), f"not a decimal probability {final!r}"
+
+
+def test_final_answer_slot_bans_percent_and_a_second_point_after_the_forced_decimal(tiny) -> None:
+    _, tokenizer = tiny
+    token = {t: tokenizer.convert_tokens_to_ids(t) for t in ("%", ".", "9")}
+    decimal = ResponseScaffold(tokenizer).banned["final"]
+    assert decimal[token["%"]] and decimal[token["."]] and not decimal[token["9"]]
+    free = ResponseScaffold(tokenizer, ScaffoldConfig(answer_prefix="")).banned["final"]
+    assert not free[token["%"]] and not free[token["."]] and not free[token["9"]]
 
 
 def test_token_caps_close_long_segments(tiny) -> None:

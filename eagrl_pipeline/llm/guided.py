@@ -6,7 +6,8 @@ only the tags and the transitions between them (sub-question -> answer -> ... ->
 sub-question -> important features -> final answer); every token inside a tag is the model's
 own sample, a tag may close early where the model writes its closing tag, and a per-tag token
 cap closes it where the model rambles. The final-answer slot starts with a forced ``0.`` (a
-probability's leading digits) and then only admits digits, '.', '%' and whitespace. A strong model
+probability's leading digits) and then only admits digits and whitespace (without the prefix:
+digits, '.', '%' and whitespace; after "0." a '%' read "0.9%" as 0.009). A strong model
 loses nothing by the scaffold; switch it off to measure unaided format-following. Works on any
 Hugging Face tokenizer (token texts are decoded once).
 
@@ -54,6 +55,9 @@ CLOSE = {
     "final": "</Final answer>",
 }
 _NUMERIC = re.compile(r"^[ 0-9.%]*$")
+# After a forced "0." the answer is a decimal already: a '%' (or another '.') would turn the
+# model's "0.9" into 0.009 and its digits would no longer be the probability they look like.
+_DECIMAL_DIGITS = re.compile(r"^[ 0-9]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
@@ -176,7 +180,8 @@ class ResponseScaffold:
         for segment, close in CLOSE.items():
             opens_close = torch.tensor([_starts_close(t, close) for t in self.token_text])
             self.banned[segment] = is_special | (has_lt & ~opens_close)
-        numeric = torch.tensor([bool(_NUMERIC.match(t)) and t != "" for t in self.token_text])
+        allowed = _DECIMAL_DIGITS if self.config.answer_prefix else _NUMERIC
+        numeric = torch.tensor([bool(allowed.match(t)) and t != "" for t in self.token_text])
         self.banned["final"] = self.banned["final"] | (~numeric & ~self._close_starters("final"))
         eos = tokenizer.eos_token_id
         self.end_id = eos if eos is not None else tokenizer.pad_token_id
