@@ -284,7 +284,7 @@ def _patients_text(delimiter: str = ",") -> str:
         (gzip.compress(b"\n"), "the file is empty"),
         (b"subject_id,gender\n", "not a readable gzip file"),
         (_gz_bytes(_patients_text(), "utf-16"), "is UTF-16 text"),
-        (_gz_bytes(_patients_text().replace("gender", "性别"), "gbk"), "not UTF-8 text"),
+        (_gz_bytes(_patients_text().replace("gender", "性别"), "gbk"), "UTF-8 .*reads as GBK"),
         (_gz_bytes(_patients_text(";")), "separated by semicolons"),
         (_gz_bytes(_patients_text("\t")), "separated by tabs"),
         (_gz_bytes(_patients_text())[:-12], "not a complete gzip file"),
@@ -429,6 +429,8 @@ def test_failed_snapshot_leaves_the_previous_one_whole(raw: Path, tmp_path: Path
         ("hosp/patients", "subject_id", "10000001"),
         ("hosp/admissions", "hadm_id", "20000002"),
         ("icu/icustays", "stay_id", "30000001"),
+        ("icu/d_items", "itemid", "220045"),
+        ("hosp/d_labitems", "itemid", "50983"),
     ],
 )
 def test_duplicate_primary_key_is_refused_naming_file_key_and_value(

@@ -439,11 +439,18 @@ def test_utf8_bom_csv_reads_like_the_plain_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("encode", "match"),
     [
-        (lambda text: text.replace("hemoglobin", "血红蛋白", 1).encode("gbk"), "not UTF-8 text"),
+        (
+            lambda text: text.replace("hemoglobin", "血红蛋白", 1).encode("gbk"),
+            "not UTF-8 text .*it reads as GBK",
+        ),
+        (
+            lambda text: text.replace("hemoglobin", "Hämoglobin", 1).encode("cp1252", "replace"),
+            "not UTF-8 text .*it reads as Windows-1252",
+        ),
         (lambda text: text.encode("utf-16"), "is UTF-16 text"),
         (lambda text: text.replace(",", ";").encode(), "separated by semicolons"),
     ],
-    ids=["gbk", "utf16", "semicolons"],
+    ids=["gbk", "windows-1252", "utf16", "semicolons"],
 )
 def test_csv_encoding_and_delimiter_are_named(tmp_path: Path, encode, match: str) -> None:
     text = _valid_frame().to_csv(index=False)

@@ -106,8 +106,13 @@ TABLES: dict[str, TableSpec] = {
                 "valuenum": "DOUBLE",
             },
         ),
-        TableSpec("icu", "d_items", {"itemid": "INTEGER", "label": "VARCHAR"}),
-        TableSpec("hosp", "d_labitems", {"itemid": "INTEGER", "label": "VARCHAR"}),
+        # A dictionary's itemid names one item: a duplicate would fan out every event joined to it.
+        TableSpec(
+            "icu", "d_items", {"itemid": "INTEGER", "label": "VARCHAR"}, primary_key="itemid"
+        ),
+        TableSpec(
+            "hosp", "d_labitems", {"itemid": "INTEGER", "label": "VARCHAR"}, primary_key="itemid"
+        ),
     )
 }
 
