@@ -430,6 +430,14 @@ class TrajectoriesConfig(Config):
         description="Also sample each patient as many plain rollouts as the search produced "
         "trajectories (best-of-N at equal budget): the baseline the search must beat.",
     )
+    sampling_patients: int | None = Field(
+        default=8,
+        ge=2,
+        description="Searched patients the comparison also samples: a seeded subset, half per "
+        "class where the sample has them (empty: all searched). Sampling costs about as many "
+        "tokens as the search, so the CPU default compares on half its 16 patients; the study "
+        "and the GPU profile compare on all.",
+    )
     lam: float = Field(default=0.6, description="λ: weight of R_cls against R_att.")
     beta: float = Field(default=0.5, description="β: margin bonus of R_cls.")
     format_weight: float = Field(default=0.1, description="Weight of the format term.")
@@ -572,14 +580,26 @@ def mcts_trajectories(
         batch_patients=config.batch_patients,
     )  # fmt: skip
     search_tokens = proposer.counters.generated_tokens
-    comparison, sampling_tokens = {}, 0
+    comparison, sampling_tokens, compared = {}, 0, set()
     if config.compare_with_sampling:
+        compared = set(
+            sample_patients(train, config.sampling_patients, config.seed, balanced=True)[
+                "patient_id"
+            ].astype(str)
+        )
         budget = {r.patient_key: max(1, r.stats.complete_responses) for r in results}
         sampled = random_rollouts(
-            patients, proposer, scorer, budget, config.seed + 1, max_depth=config.max_depth
+            [p for p in patients if p.key in compared],
+            proposer,
+            scorer,
+            budget,
+            config.seed + 1,
+            max_depth=config.max_depth,
         )
         sampling_tokens = proposer.counters.generated_tokens - search_tokens
-        comparison = compare_with_sampling(results, sampled, labels, config.answer_margin)
+        comparison = compare_with_sampling(
+            [r for r in results if r.patient_key in compared], sampled, labels, config.answer_margin
+        )
     kept = select_trajectories(
         results,
         labels,
@@ -694,5 +714,7 @@ def mcts_trajectories(
             "by_class": MetadataValue.json({str(k): asdict(v) for k, v in comparison.items()}),
             "search_generated_tokens": search_tokens,
             "sampling_generated_tokens": sampling_tokens,
+            "compared_patients": len(compared),
+            "searched_patients": len(results),
         },
     )

@@ -70,6 +70,7 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "rollout_steps": 0,
         "batch_patients": 32,
         "top_k_trajectories": 1,
+        "sampling_patients": None,  # the search-vs-sampling comparison on every train patient
         "scaffold": SCAFFOLD,
     },
     "sft_checkpoint": {

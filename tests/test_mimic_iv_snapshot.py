@@ -226,6 +226,16 @@ def test_vitals_labs_without_labevents_names_file_and_alternative(
     assert "Fix:" in message
 
 
+def test_column_twice_is_named_with_a_fix(raw: Path, tmp_path: Path) -> None:
+    header = COLUMNS["hosp/patients"]
+    path = raw / "hosp/patients.csv.gz"
+    _write_gz(path, [*header, "dod"], [[*r, r[-1]] for r in ROWS["hosp/patients"]])
+    with pytest.raises(InputDataError, match="appears more than once") as exc:
+        _snapshot(raw, tmp_path / "out")
+    assert exc.value.column == "dod" and str(path) in str(exc.value)
+    assert "Fix: keep one column named 'dod'" in str(exc.value)
+
+
 def test_missing_column_is_named(raw: Path, tmp_path: Path) -> None:
     header = COLUMNS["icu/chartevents"]
     keep = [i for i, c in enumerate(header) if c != "valuenum"]

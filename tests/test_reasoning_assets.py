@@ -120,6 +120,7 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
         "step_max_new_tokens": 6,
         "rollout_max_new_tokens": 10,
         "batch_patients": 2,
+        "sampling_patients": 2,  # best-of-N sampling on a seeded half of the searched patients
         "guided": False,  # unguided, the random model writes nothing parseable: the gate's case
     }
 
@@ -151,6 +152,8 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
     assert "larger base model" in checks["trajectories_kept_minimum"].metadata["note"].value
     assert not checks["search_beats_sampling"].passed  # nothing right on either side
     assert meta["sampling_generated_tokens"].value > 0
+    compared = checks["search_beats_sampling"].metadata
+    assert compared["compared_patients"].value == 2 and compared["searched_patients"].value == 4
     out = home / "artifacts" / "mcts_trajectories" / PARTITION
     (checkpoint,) = out.glob("search-*.jsonl")
     lines = checkpoint.read_text().splitlines()

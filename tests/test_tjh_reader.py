@@ -194,6 +194,13 @@ def test_missing_column(tmp_path: Path) -> None:
     _assert_error(exc, path, "albumin")
 
 
+def test_column_twice_is_named_with_a_fix(tmp_path: Path) -> None:
+    path = _write(_valid_frame().rename(columns={"hemoglobin": " albumin"}), tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match="appears more than once") as exc:
+        read_tjh(path)
+    assert "rename or delete the other" in _assert_error(exc, path, "albumin")
+
+
 def test_renamed_column_suggests_rename(tmp_path: Path) -> None:
     path = _write(_valid_frame().rename(columns={"albumin": "albumine"}), tmp_path / "tjh.csv")
     with pytest.raises(InputDataError) as exc:

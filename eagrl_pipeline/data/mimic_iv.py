@@ -228,7 +228,14 @@ def _check_header(path: Path, spec: TableSpec, header: Sequence[str]) -> None:
             )
     duplicated = {c for c in header if header.count(c) > 1}
     if duplicated:
-        raise InputDataError(path, "appears more than once.", column=sorted(duplicated)[0])
+        name = sorted(duplicated)[0]
+        raise InputDataError(
+            path,
+            "appears more than once in the header.",
+            column=name,
+            fix=f"keep one column named {name!r} ({spec.relative_path}'s header as shipped by "
+            "PhysioNet names each column once).",
+        )
 
 
 _COLUMN_IN_ERROR = re.compile(r'column "?([A-Za-z_]+)"?', re.IGNORECASE)

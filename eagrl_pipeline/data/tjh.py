@@ -142,7 +142,12 @@ def _check_columns(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.rename(columns=lambda c: str(c).strip())
     duplicated = frame.columns[frame.columns.duplicated()].tolist()
     if duplicated:
-        raise InputDataError(path, "appears more than once.", column=duplicated[0])
+        raise InputDataError(
+            path,
+            "appears more than once (names are compared without surrounding spaces).",
+            column=duplicated[0],
+            fix=f"keep one column headed {duplicated[0]!r}: rename or delete the other.",
+        )
     present = set(frame.columns)
     for expected in (c.strip() for c in TJH_COLUMNS):
         if expected not in present:

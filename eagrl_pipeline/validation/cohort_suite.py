@@ -323,6 +323,7 @@ def _feature_ranges(
                 "feature dictionary",
                 f"valid_min {vmin} > valid_max {vmax} for feature {column!r}.",
                 column="valid_min",
+                fix="correct the two bounds in dbt_project/seeds/feature_dictionary.csv.",
             )
         if vmin is not None or vmax is not None:
             ranges[column] = (vmin, vmax)
