@@ -301,21 +301,34 @@ def reward_gate(
 
 
 def _publish(staged_adapter: Path, out_dir: Path, manifest: dict) -> Path:
-    """Replace the partition's adapter and manifest only now, after training *and* validation
-    succeeded: the adapter trained into a staging folder, so a crash in between leaves the
-    previous adapter with its own manifest (the two are swapped back to back, adapter first;
-    the manifest names the adapter's digest)."""
+    """Replace the partition's adapter (and merged model, when one was saved) and manifest only
+    now, after training *and* validation succeeded: they trained into a staging folder, so a
+    crash in between leaves the previous adapter with its own manifest (swapped back to back,
+    adapter first; the manifest names the adapter's digest). A merged folder left by an earlier
+    run that did not merge is removed: it would not match the new adapter."""
+    staged = staged_adapter.parent
     final = out_dir / "adapter"
     digest = hashlib.sha256()
     for path in sorted(p for p in staged_adapter.rglob("*") if p.is_file()):
         digest.update(path.relative_to(staged_adapter).as_posix().encode())
         digest.update(path.read_bytes())
-    manifest = {**manifest, "adapter_dir": str(final), "adapter_sha256": digest.hexdigest()}
+    merged = out_dir / "merged" if (staged / "merged").is_dir() else None
+    manifest = {
+        **manifest,
+        "adapter_dir": str(final),
+        "adapter_sha256": digest.hexdigest(),
+        "merged_dir": str(merged) if merged else None,
+    }
     with atomic_path(final) as tmp:
         os.replace(staged_adapter, tmp)
+    if merged:
+        with atomic_path(merged) as tmp:
+            os.replace(staged / "merged", tmp)
     with atomic_path(out_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(staged_adapter.parent, ignore_errors=True)
+    if not merged:
+        shutil.rmtree(out_dir / "merged", ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
     return final
 
 

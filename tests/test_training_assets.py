@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -241,3 +242,29 @@ def test_reward_gate_needs_a_credible_improvement() -> None:
     assert not reward_gate(_answers(sft, patients), _answers(better, patients), 0.06)["passed"]
     with pytest.raises(ValueError, match="same validation patients"):
         reward_gate(_answers(sft, patients), _answers(sft[:19], patients[:19]), 0.01)
+
+
+def test_publish_moves_a_staged_merged_model_and_drops_a_stale_one(tmp_path):
+    """The merged folder trained into staged/ beside the adapter and was deleted with it."""
+    from assets.training import _publish
+
+    out = tmp_path / "sft_checkpoint" / PARTITION
+
+    def stage(merged: bool) -> Path:
+        (out / "staged" / "adapter").mkdir(parents=True)
+        (out / "staged" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+        if merged:
+            (out / "staged" / "merged").mkdir()
+            (out / "staged" / "merged" / "model.safetensors").write_bytes(b"merged")
+        return out / "staged" / "adapter"
+
+    _publish(stage(merged=True), out, {"global_step": 2})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["merged_dir"] == str(out / "merged")
+    assert (out / "merged" / "model.safetensors").read_bytes() == b"merged"
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert not (out / "staged").exists()
+
+    _publish(stage(merged=False), out, {"global_step": 2})
+    assert json.loads((out / "manifest.json").read_text())["merged_dir"] is None
+    assert not (out / "merged").exists()
