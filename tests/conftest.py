@@ -4,6 +4,7 @@ materialized lineage (synthetic default) in a temporary EAGRL_HOME for the integ
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ for _name, _value in {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    # hypothesis keeps its example database and caches here, not in the working directory
+    "HYPOTHESIS_STORAGE_DIRECTORY": str(Path(tempfile.gettempdir()) / "eagrl-hypothesis"),
 }.items():
     os.environ.setdefault(_name, _value)
 
