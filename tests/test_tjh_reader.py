@@ -281,6 +281,15 @@ def test_impossible_static_value_shows_plain_number(
     assert f"impossible value {value} " in message or f"impossible value {value}.0 " in message
 
 
+@pytest.mark.parametrize("column", ["age", "gender", "outcome"])
+def test_an_empty_required_column_is_named_as_empty(tmp_path: Path, column: str) -> None:
+    frame = _valid_frame()
+    frame[column] = ""
+    path = _write(frame, tmp_path / "tjh.csv")
+    with pytest.raises(InputDataError, match=r"missing value at data row 1 \(the column is empty"):
+        read_tjh(path)
+
+
 def test_age_varying_within_patient(tmp_path: Path) -> None:
     frame = _valid_frame()
     frame.loc[1, "age"] = "74"  # patient 1: 73 then 74

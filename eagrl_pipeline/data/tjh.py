@@ -382,11 +382,15 @@ def _check_values(path: Path, table: pd.DataFrame) -> None:
     for column, (ok, expected) in checks.items():
         row = _first_row(~ok)
         if row is not None:
+            value = table[column].iloc[row]
+            missing = pd.isna(value)
             raise InputDataError(
                 path,
-                f"impossible value {table[column].iloc[row]:g} at data row {row + 1}; {expected}.",
+                f"{'missing value' if missing else f'impossible value {value:g}'} at data row "
+                f"{row + 1}{' (the column is empty)' if table[column].isna().all() else ''}; "
+                f"{expected}.",
                 column=column,
-                fix="correct the value in the source file.",
+                fix=f"{'fill' if missing else 'correct'} the value in the source file.",
             )
     for column in ("age", "gender", "outcome"):
         varying = table.groupby("patient_id")[column].nunique()
