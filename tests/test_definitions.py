@@ -95,3 +95,19 @@ def test_make_runs_smoke_gate_is_valid_config_and_looser_than_the_default():
     validate_run_config(job, {"ops": SMOKE_GATE})
     smoke = RLCheckpointConfig(**SMOKE_GATE["rl_checkpoint"]["config"]).min_reward_gain
     assert smoke < 0 < RLCheckpointConfig().min_reward_gain
+
+
+def test_raw_writers_share_the_warehouse_pool_with_dbt():
+    """dbt reads the raw snapshots: a raw writer must never replace them during a dbt build, so
+    both sides hold the one-slot ``duckdb`` pool (issue 16, defect 2)."""
+    from definitions import defs
+
+    pools = {
+        key.to_user_string(): defs.resolve_assets_def(key).op.pool
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+    }
+    assert pools["raw_tjh"] == pools["raw_mimic_iv"] == "duckdb"
+    dbt_models = [
+        name for name in pools if name.startswith(("stg_", "int_", "cohort_t", "cohort_m"))
+    ]
+    assert dbt_models and {pools[name] for name in dbt_models} == {"duckdb"}
