@@ -41,8 +41,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# PROFILE picks profiles/<name>.yaml (cpu by default; gpu: paper scale, needs a CUDA GPU).
+PROFILE ?= $(or $(EAGRL_PROFILE),cpu)
 run: manifest $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python run_lineage.py
+	PROFILE=$(PROFILE) $(BIN)/python run_lineage.py
 
 test: manifest
 	$(BIN)/python -m pytest

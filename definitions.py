@@ -26,6 +26,7 @@ from assets import (  # noqa: E402
     warehouse,
 )
 from assets.partitions import cohort_partitions  # noqa: E402
+from assets.versioning import with_source_versions  # noqa: E402
 from orchestration import (  # noqa: E402
     build_cross_dataset_sensor,
     build_fan_out_sensor,
@@ -51,8 +52,9 @@ if not DBT_PROJECT.manifest_path.exists():
 
 EAGRL_HOME = os.environ.get("EAGRL_HOME", str(Path(__file__).resolve().parent / ".eagrl"))
 
-all_assets = load_assets_from_modules(
-    [raw, warehouse, cohorts, experts, reasoning, training, evaluation]
+# Code versions are derived from the source each asset runs (assets/versioning.py).
+all_assets = with_source_versions(
+    load_assets_from_modules([raw, warehouse, cohorts, experts, reasoning, training, evaluation])
 )
 
 shared_job = define_asset_job(

@@ -2,41 +2,93 @@
 to show that nothing is redone when nothing changed, and say where everything is.
 
 Each pass fingerprints the raw inputs (always: that is how a change is seen), then materializes
-only what Dagster's data versions call missing or stale (``staleness.py``): the shared
-warehouse, each dataset-task partition, then the cross-dataset report. Runs go to the persistent
-Dagster instance, so `make dev` shows them and their staleness.
+only what is missing or stale (``staleness.py``: Dagster's data versions, plus the config each
+asset is about to run with and the model folder's fingerprint): the shared warehouse, each
+dataset-task partition, then the cross-dataset report. Runs go to the persistent Dagster
+instance, so `make dev` shows them and their staleness.
+
+The settings come from a run profile (``profiles/<name>.yaml``, ``PROFILE=gpu`` or
+``EAGRL_PROFILE``; ``cpu`` by default): Dagster run config whose ``ops`` entries are applied to
+the assets a run selects and whose ``resources`` entries to every run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
 
 from assets.partitions import COHORTS
 from assets.training import RLCheckpointConfig
 from definitions import EAGRL_HOME, defs
-from staleness import cohort_relevance, job_asset_keys, stale_or_missing
+from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, stale_or_missing
 
 RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
 RAW_NAMES = [k.to_user_string() for k in RAW]
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
-# The default's GRPO is a 2-step smoke run: it cannot make RL credibly better than SFT, so
-# `make run` asks only that RL is not credibly worse: the lower bound of the paired interval
-# above -0.1. On 24 validation patients the interval's half-width is itself about 0.05 (measured:
-# mimic_iv-readmission -0.006 [-0.057, +0.046] without the worked example), so a -0.05 bar failed
-# a policy that had not moved; -0.1 fails only a mean drop beyond the noise (a GRPO that broke
-# the format or the answers). The asset's own default (0.01) stays the bar for real runs:
-# launchpad, profiles, study.
-SMOKE_GATE = {"rl_checkpoint": {"config": {"min_reward_gain": -0.1}}}
+
+class ProfileError(Exception):
+    """A run profile that cannot be used here: the message names the file and the fix."""
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """``profiles/<name>.yaml`` as Dagster run config (``ops`` and ``resources`` only)."""
+    path = PROFILES_DIR / f"{name}.yaml"
+    known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    if not path.is_file():
+        raise ProfileError(f"{path}: no such run profile. Fix: use one of {known} (PROFILE=...).")
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML ({exc}). Fix: correct the file.") from exc
+    extra = sorted(set(profile) - {"ops", "resources"})
+    if not isinstance(profile, dict) or extra:
+        raise ProfileError(
+            f"{path}: a profile holds only 'ops' and 'resources' (found {extra}). "
+            "Fix: move the settings under ops.<asset>.config or resources.<name>.config."
+        )
+    return profile
+
+
+def run_config_for(profile: Mapping[str, Any], keys: list[AssetKey]) -> dict[str, Any]:
+    """The profile's run config for a run that materializes ``keys`` (a job refuses config for
+    ops it does not run)."""
+    names = {key.to_user_string() for key in keys}
+    ops = {op: cfg for op, cfg in (profile.get("ops") or {}).items() if op in names}
+    config: dict[str, Any] = {"ops": ops} if ops else {}
+    if profile.get("resources"):
+        config["resources"] = profile["resources"]
+    return config
+
+
+def check_device(profile: Mapping[str, Any], name: str) -> None:
+    """Refuse a profile that asks for a GPU on a machine where torch sees none."""
+    compute = ((profile.get("resources") or {}).get("compute") or {}).get("config") or {}
+    device = str(compute.get("device", "auto"))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ProfileError(
+                f"profile {name!r} ({PROFILES_DIR / (name + '.yaml')}) runs on device "
+                f"{device!r}, but torch sees no CUDA GPU here (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'none'}). Fix: run it on a GPU machine with "
+                "a CUDA build of torch, or use PROFILE=cpu."
+            )
 
 
 @dataclass
 class Pass:
+    profile: Mapping[str, Any]
     seconds: float = 0.0
     materialized: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
@@ -51,12 +103,11 @@ def _execute(
     label: str,
     record: Pass,
 ) -> bool:
-    ops = {op: cfg for op, cfg in SMOKE_GATE.items() if AssetKey(op) in keys}
     result = defs.get_job_def(job).execute_in_process(
         instance=instance,
         partition_key=partition,
         asset_selection=keys,
-        run_config={"ops": ops} if ops else None,
+        run_config=run_config_for(record.profile, keys) or None,
         raise_on_error=False,
     )
     failing = [c for c in result.get_asset_check_evaluations() if not c.passed]
@@ -81,25 +132,27 @@ def _value(metadata: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def lineage_pass(instance: DagsterInstance) -> Pass:
+def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any]) -> Pass:
     """One pass over the lineage, materializing only what is missing or stale."""
-    record, started = Pass(), time.monotonic()
+    record, started = Pass(profile), time.monotonic()
     if not _execute(instance, "shared_inputs", RAW, None, "raw", record):
         record.seconds = time.monotonic() - started
         return record
+    planned = planned_fingerprints(defs, profile, EAGRL_HOME)
     shared = [k for k in job_asset_keys(defs, "shared_inputs") if k not in RAW]
-    todo = stale_or_missing(instance, defs, shared)
+    todo = stale_or_missing(instance, defs, shared, planned=planned)
     _report("shared", todo)
     if todo and not _execute(instance, "shared_inputs", list(todo), None, "shared", record):
         record.seconds = time.monotonic() - started
         return record
     for partition in COHORTS:
         keys = job_asset_keys(defs, "partition_lineage")
-        todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance)
+        todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
         _report(partition, todo)
         if todo:
             _execute(instance, "partition_lineage", list(todo), partition, partition, record)
-    todo = stale_or_missing(instance, defs, job_asset_keys(defs, "cross_dataset_report"))
+    cross = job_asset_keys(defs, "cross_dataset_report")
+    todo = stale_or_missing(instance, defs, cross, planned=planned)
     _report("cross-dataset", todo)
     if todo:
         _execute(instance, "cross_dataset_report", list(todo), None, "cross-dataset", record)
@@ -127,7 +180,7 @@ def _metric(report: dict | None, model: str, name: str) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
-def summary(first: Pass, second: Pass) -> None:
+def summary(first: Pass, second: Pass, profile_name: str) -> None:
     artifacts = Path(EAGRL_HOME) / "artifacts"
     print("\n== eagrl-pipeline: lineage materialized ==")
     header = ("partition", "train/val/test", "expert AUROC", "kept traj", "SFT loss/base")
@@ -162,10 +215,11 @@ def summary(first: Pass, second: Pass) -> None:
             f"{partition:<21}{sizes:>15}{expert_auroc:>13}{kept!s:>10}{loss:>15}{gain:>26}"
             f"{spread:>14}  {aurocs:<30}{head:>13}"
         )
+    rl = ((first.profile.get("ops") or {}).get("rl_checkpoint") or {}).get("config") or {}
+    gate = rl.get("min_reward_gain", RLCheckpointConfig().min_reward_gain)
     print(
-        "  RL gate of this smoke run: RL not credibly worse than SFT (lower bound > "
-        f"{SMOKE_GATE['rl_checkpoint']['config']['min_reward_gain']}); a real run asks > "
-        f"{RLCheckpointConfig().min_reward_gain}"
+        f"  profile {profile_name!r}: RL gate asks RL - SFT validation reward lower bound > "
+        f"{gate} (the asset default, for real runs: > {RLCheckpointConfig().min_reward_gain})"
     )
     for label, checks in first.failed.items():
         print(f"  FAILED in {label}: {', '.join(checks)}")
@@ -189,11 +243,19 @@ def summary(first: Pass, second: Pass) -> None:
 
 
 def main() -> int:
+    name = os.environ.get("PROFILE") or os.environ.get("EAGRL_PROFILE") or "cpu"
+    try:
+        profile = load_profile(name)
+        check_device(profile, name)
+    except ProfileError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
+    print(f"[profile] {name}: {PROFILES_DIR / (name + '.yaml')}", flush=True)
     instance = DagsterInstance.get()
-    first = lineage_pass(instance)
+    first = lineage_pass(instance, profile)
     print("\n== second pass: nothing changed, so nothing should be redone ==", flush=True)
-    second = lineage_pass(instance)
-    summary(first, second)
+    second = lineage_pass(instance, profile)
+    summary(first, second, name)
     return 1 if first.failed or second.failed else 0
 
 

@@ -10,13 +10,22 @@ retrains the others.
 
 The raw assets are the roots: they run every time to fingerprint their inputs, and a raw run
 that finds the same fingerprint reports the same data version, so nothing below turns stale.
+
+Config and model: Dagster's status knows neither. ``planned_fingerprints`` hashes the config each
+asset is about to run with (the job's run config resolved against the asset's Config class, and
+for ``base_language_model`` the model folder's fingerprint and the llm/compute settings), and
+``stale_or_missing`` calls an asset whose last materialization recorded another fingerprint
+(``assets/versioning.py``) "config changed" (or "model or settings changed").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, AssetsDefinition, DagsterInstance, Definitions
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
@@ -40,9 +49,11 @@ def stale_or_missing(
     keys: Iterable[AssetKey],
     partition_key: str | None = None,
     relevant: Relevance = _always,
+    planned: Mapping[AssetKey, str] | None = None,
 ) -> dict[AssetKey, str]:
     """Assets of ``keys`` to materialize for ``partition_key`` (unpartitioned assets ignore
-    it), each with the reason: ``missing``, Dagster's stale causes, or a changed upstream."""
+    it), each with the reason: ``missing``, Dagster's stale causes, a changed upstream, or a
+    config fingerprint in ``planned`` other than the one the last materialization recorded."""
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 
     wanted = set(keys)
@@ -79,7 +90,79 @@ def stale_or_missing(
             ]
             if causes:
                 todo[key] = "; ".join(sorted({c.reason for c in causes}))
+        if key not in todo and planned and key in planned:
+            recorded = recorded_fingerprint(instance, key, partition)
+            if recorded != planned[key]:
+                todo[key] = "model or settings changed" if key == MODEL else "config changed"
     return {key: why for key, why in todo.items() if key in wanted}
+
+
+MODEL = AssetKey("base_language_model")
+
+
+def recorded_fingerprint(
+    instance: DagsterInstance, key: AssetKey, partition: str | None
+) -> str | None:
+    """The config fingerprint of ``key``'s (partition's) latest materialization, if any."""
+    from assets.versioning import CONFIG_FINGERPRINT
+
+    record = instance.get_latest_data_version_record(key, partition_key=partition)
+    event = record.asset_materialization if record else None
+    value = (event.metadata or {}).get(CONFIG_FINGERPRINT) if event else None
+    return getattr(value, "value", value)
+
+
+def _config_class(definition: AssetsDefinition) -> type | None:
+    parameter = inspect.signature(definition.op.compute_fn.decorated_fn).parameters.get("config")
+    annotation = parameter.annotation if parameter else None
+    if isinstance(annotation, str):  # postponed annotations
+        module = inspect.getmodule(definition.op.compute_fn.decorated_fn)
+        annotation = getattr(module, annotation, None)
+    return annotation if isinstance(annotation, type) else None
+
+
+def planned_fingerprints(
+    defs: Definitions,
+    run_config: Mapping[str, Any] | None,
+    home: str | Path,
+    resources: Mapping[str, Any] | None = None,
+) -> dict[AssetKey, str]:
+    """The config fingerprint each Python asset will record when run with ``run_config`` (the
+    ``ops`` and ``resources`` sections of a job's run config, as the profiles hold them) and
+    ``resources`` (``defs``' own by default)."""
+    from assets.versioning import config_fingerprint
+
+    run_config = run_config or {}
+    ops = run_config.get("ops") or {}
+    overrides = run_config.get("resources") or {}
+    graph = defs.resolve_asset_graph()
+    planned: dict[AssetKey, str] = {}
+    for key in graph.get_all_asset_keys():
+        definition = defs.resolve_assets_def(key)
+        if not definition.is_executable or key not in definition.keys or len(definition.keys) > 1:
+            continue
+        if key == MODEL:
+            llm = _resource(resources or defs.resources, "llm", overrides)
+            compute = _resource(resources or defs.resources, "compute", overrides)
+            settings = llm.version_settings(llm.planned_model_dir(Path(home)), compute)
+            planned[key] = config_fingerprint(None, **settings)
+            continue
+        config_class = _config_class(definition)
+        if config_class is None:
+            continue
+        raw = (ops.get(definition.op.name) or {}).get("config") or {}
+        planned[key] = config_fingerprint(config_class(**raw))
+    return planned
+
+
+def _resource(resources: Mapping[str, Any], name: str, overrides: Mapping[str, Any]) -> Any:
+    """Resource ``name`` with the run config's ``resources.<name>.config`` applied."""
+    resource = resources[name]
+    update = (overrides.get(name) or {}).get("config") or {}
+    if not update:
+        return resource
+    fields = {field: getattr(resource, field) for field in type(resource).model_fields}
+    return type(resource)(**{**fields, **update})
 
 
 def cohort_relevance(child: AssetKey, partition: str | None, parent: AssetKey) -> bool:

@@ -15,6 +15,7 @@ from dagster import (
 from pydantic import Field, field_validator
 
 from assets.partitions import COHORTS, cohort_mart, cohort_partitions, split_partition
+from assets.versioning import versioned
 from eagrl_pipeline.data.cohort import build_cohort_arrays, cohort_summary, write_cohort
 from eagrl_pipeline.data.splits import assign_splits
 from eagrl_pipeline.validation.cohort_suite import validate_cohort
@@ -64,7 +65,6 @@ class CohortConfig(Config):
 @asset(
     partitions_def=cohort_partitions,
     group_name="cohorts",
-    code_version="1",
     kinds={"python", "numpy"},
     deps=[AssetKey(cohort_mart(key)) for key in COHORTS],
     check_specs=[
@@ -134,21 +134,25 @@ def cohort_dataset(
         },
     )
     context.log.info(f"cohort {partition}: {summary} -> {target}")
-    yield MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(target)),
-            "patients": len(patients),
-            "visits": len(visits),
-            "features": len(feature_ids),
-            "split_strategy": strategy,
-            **{
-                f"{split}_{key}": value
-                for split, info in summary.items()
-                if isinstance(info, dict)
-                for key, value in info.items()
-            },
-            "max_visits": summary["max_visits"],
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(str(target)),
+                "patients": len(patients),
+                "visits": len(visits),
+                "features": len(feature_ids),
+                "split_strategy": strategy,
+                **{
+                    f"{split}_{key}": value
+                    for split, info in summary.items()
+                    if isinstance(info, dict)
+                    for key, value in info.items()
+                },
+                "max_visits": summary["max_visits"],
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="cohort_quality",

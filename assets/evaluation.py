@@ -23,16 +23,17 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from assets.experts import _load_cohort
 from assets.llm_inputs import (
     ScaffoldCaps,
     expert_top_features,
     feature_dictionary,
     feature_matcher,
+    load_cohort,
     sample_patients,
 )
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
+from assets.versioning import versioned
 from eagrl_pipeline.evaluation.predictions import (
     GenerationSettings,
     LLMAnswers,
@@ -399,7 +400,6 @@ def _paths_metadata(paths: Mapping[str, Path]) -> dict[str, MetadataValue]:
 @asset(
     partitions_def=cohort_partitions,
     group_name="evaluation",
-    code_version="1",
     kinds={"huggingface", "pytorch", "mlflow"},
     deps=[
         "llm_prompts",
@@ -434,7 +434,7 @@ def evaluation_report(
     manifest = json.loads(
         _required(expert_dir / "manifest.json", "expert_model", partition).read_text()
     )
-    arrays = _load_cohort(home, partition)
+    arrays = load_cohort(home, partition)
     expert, meta = load_expert(expert_dir / manifest["primary"])
     if list(meta["feature_ids"]) != list(arrays.feature_ids):
         raise ValueError(
@@ -524,19 +524,23 @@ def evaluation_report(
     )
     headline = report["headline"]["average_pct"]
     context.log.info(f"evaluation {partition}: RL vs base {headline} % (average AUROC/AUPRC)")
-    return MaterializeResult(
-        metadata={
-            "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
-            **_paths_metadata(paths),
-            **{p.stem: MetadataValue.path(str(p)) for p in predictions_paths},
-            "headline_rl_vs_base_pct": headline,
-            **{f"test_auroc_{m.name}": _auroc(report, m.name) for m in models},
-            "test_patients_llm": n_llm,
-            "test_patients_all": n_test,
-            "guided": config.guided,
-            "device": device,
-            "mlflow_run_id": run_id,
-        }
+    return versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
+                **_paths_metadata(paths),
+                **{p.stem: MetadataValue.path(str(p)) for p in predictions_paths},
+                "headline_rl_vs_base_pct": headline,
+                **{f"test_auroc_{m.name}": _auroc(report, m.name) for m in models},
+                "test_patients_llm": n_llm,
+                "test_patients_all": n_test,
+                "guided": config.guided,
+                "device": device,
+                "mlflow_run_id": run_id,
+            }
+        ),
+        config,
     )
 
 
@@ -564,7 +568,6 @@ _pair = SpecificPartitionsPartitionMapping(list(GENERALIZATION_PARTITIONS))
 
 @asset(
     group_name="evaluation",
-    code_version="1",
     kinds={"huggingface", "pytorch", "mlflow"},
     deps=[
         AssetDep(key, partition_mapping=_pair)
@@ -706,4 +709,4 @@ def generalization_report(
         metadata[f"{key}_rl_vs_base_pct"] = section.report["headline"]["average_pct"]
         for name in LLM_MODELS:
             metadata[f"{key}_test_auroc_{name}"] = _auroc(section.report, name)
-    return MaterializeResult(metadata=metadata)
+    return versioned(context, MaterializeResult(metadata=metadata), config)

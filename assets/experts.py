@@ -17,9 +17,10 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.llm_inputs import load_cohort
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
-from eagrl_pipeline.data.cohort import CohortArrays
+from assets.versioning import versioned
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics, brier_score
 from eagrl_pipeline.experts import (
     MODEL_NAMES,
@@ -71,17 +72,9 @@ class ExpertModelConfig(Config):
         return ExpertConfig.for_dataset(dataset, seed=self.seed, **overrides)
 
 
-def _load_cohort(home: EagrlHome, partition: str) -> CohortArrays:
-    path = home.artifact_dir("cohort_dataset", partition) / "arrays.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: materialize cohort_dataset[{partition}] first.")
-    return CohortArrays.load(path)
-
-
 @asset(
     partitions_def=cohort_partitions,
     group_name="experts",
-    code_version="1",
     kinds={"pytorch", "mlflow"},
     deps=["cohort_dataset"],
     pool="gpu",
@@ -110,7 +103,7 @@ def expert_model(
 
     partition = context.partition_key
     dataset, _ = split_partition(partition)
-    arrays = _load_cohort(home, partition)
+    arrays = load_cohort(home, partition)
     device = compute.configure_torch()
     expert_config = config.expert_config(dataset)
     out_dir = home.artifact_dir("expert_model", partition)
@@ -203,21 +196,25 @@ def expert_model(
             for m, r in results.items()
         ]
     )
-    yield MaterializeResult(
-        metadata={
-            "primary": primary_name,
-            "test_auroc_mean": auroc["mean"],
-            "test_auroc_std": auroc["std"],
-            "test_auprc_mean": auprc["mean"],
-            "test_auprc_std": auprc["std"],
-            "test_brier": head["test_brier"],
-            "val_auroc": head["val_auroc"],
-            "results": MetadataValue.md(table),
-            "mlflow_run_id": run_id,
-            "registered_version": str(version) if version is not None else "",
-            "device": device,
-            "path": MetadataValue.path(str(out_dir)),
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "primary": primary_name,
+                "test_auroc_mean": auroc["mean"],
+                "test_auroc_std": auroc["std"],
+                "test_auprc_mean": auprc["mean"],
+                "test_auprc_std": auprc["std"],
+                "test_brier": head["test_brier"],
+                "val_auroc": head["val_auroc"],
+                "results": MetadataValue.md(table),
+                "mlflow_run_id": run_id,
+                "registered_version": str(version) if version is not None else "",
+                "device": device,
+                "path": MetadataValue.path(str(out_dir)),
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="validation_auroc_floor",
@@ -256,7 +253,6 @@ def aggregate_scores(score_sets: list[np.ndarray]) -> np.ndarray:
 @asset(
     partitions_def=cohort_partitions,
     group_name="experts",
-    code_version="1",
     kinds={"pytorch", "parquet"},
     deps=["expert_model"],
     check_specs=[
@@ -279,7 +275,7 @@ def expert_feature_ranking(
     """For every patient of every split, the ranked features with their scores (parquet)."""
     partition = context.partition_key
     dataset, _ = split_partition(partition)
-    arrays = _load_cohort(home, partition)
+    arrays = load_cohort(home, partition)
     expert_dir = home.artifact_dir("expert_model", partition)
     manifest = json.loads((expert_dir / "manifest.json").read_text())
     names = [manifest["primary"]] + [m for m in manifest["models"] if m != manifest["primary"]]
@@ -336,18 +332,22 @@ def expert_feature_ranking(
     if not ranks_ok.all():
         problems.append("ranks are not a permutation")
     top = table[table["in_top_k"]].groupby("feature_id").size().sort_values(ascending=False)
-    yield MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(target)),
-            "patients": n_patients,
-            "features": n_features,
-            "top_k": config.top_k,
-            "method": ", ".join(methods),
-            "aggregation": config.aggregation,
-            "most_often_in_top_k": MetadataValue.json(
-                {names_by_id.get(k, k): int(v) for k, v in top.head(10).items()}
-            ),
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(str(target)),
+                "patients": n_patients,
+                "features": n_features,
+                "top_k": config.top_k,
+                "method": ", ".join(methods),
+                "aggregation": config.aggregation,
+                "most_often_in_top_k": MetadataValue.json(
+                    {names_by_id.get(k, k): int(v) for k, v in top.head(10).items()}
+                ),
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="ranking_valid",

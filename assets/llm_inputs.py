@@ -1,6 +1,7 @@
-"""What the LLM stages (reasoning, training, evaluation) share: the feature dictionary and its
-matcher, seeded patient samples, each patient's attention target, and the guided-decoding
-settings (one rule for every stage that generates: the same tags, caps and steps)."""
+"""What the stages after the cohort share (experts, reasoning, training, evaluation): the cohort
+arrays, the feature dictionary and its matcher, seeded patient samples, each patient's attention
+target, and the guided-decoding settings (one rule for every stage that generates: the same
+tags, caps and steps)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pandas as pd
 from dagster import Config
 from pydantic import Field
 
+from eagrl_pipeline.data.cohort import CohortArrays
 from eagrl_pipeline.expert_guidance import attention_targets
 from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.prompts import FeatureMatcher
@@ -44,6 +46,13 @@ class ScaffoldCaps(Config):
             final_answer_tokens=self.final_answer_tokens,
             max_listed_features=self.max_listed_features,
         )
+
+
+def load_cohort(home: EagrlHome, partition: str) -> CohortArrays:
+    path = home.artifact_dir("cohort_dataset", partition) / "arrays.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: materialize cohort_dataset[{partition}] first.")
+    return CohortArrays.load(path)
 
 
 def feature_dictionary(warehouse: Warehouse, dataset: str) -> pd.DataFrame:

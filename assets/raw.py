@@ -1,12 +1,14 @@
-"""Raw inputs: validated, typed parquet snapshots with the input's fingerprint as data version."""
+"""Raw inputs: validated, typed parquet snapshots. Their data version hashes the input's
+fingerprint with the reader's code version and the settings that shape the snapshot."""
 
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets.versioning import versioned
 from eagrl_pipeline.data import mimic_iv
 from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
 from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
@@ -42,7 +44,6 @@ def _synthetic(folder: Path, params: dict[str, object], write: Callable[[Path], 
 
 @asset(
     group_name="raw",
-    code_version="1",
     kinds={"python", "parquet"},
     pool="duckdb",  # dbt reads these snapshots: never replace them during a build
 )
@@ -63,8 +64,7 @@ def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources
     target = write_tjh_snapshot(table, home.raw_dir("raw_tjh") / "lab_reports.parquet")
     dated = table.dropna(subset=["re_date"])
     context.log.info(f"raw_tjh: {len(table)} rows from {path} -> {target}")
-    return MaterializeResult(
-        data_version=DataVersion(fingerprint),
+    result = MaterializeResult(
         metadata={
             "source": origin,
             "input_path": MetadataValue.path(str(path)),
@@ -76,6 +76,7 @@ def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources
             "patients_with_reports": int(dated["patient_id"].nunique()),
         },
     )
+    return versioned(context, result, fingerprint=fingerprint)
 
 
 def _item_ids(seed: str) -> list[int]:
@@ -84,7 +85,6 @@ def _item_ids(seed: str) -> list[int]:
 
 @asset(
     group_name="raw",
-    code_version="1",
     kinds={"python", "duckdb", "parquet"},
     pool="duckdb",  # dbt reads these snapshots: never replace them during a build
 )
@@ -100,16 +100,14 @@ def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSo
         origin = "synthetic"
     paths = mimic_iv.check_layout(root, sources.mimic_iv_feature_set)
     fingerprint = mimic_iv.fingerprint_files(paths.values(), root)
-    counts = mimic_iv.snapshot_mimic_iv(
-        root,
-        home.raw_dir("raw_mimic_iv"),
-        feature_set=sources.mimic_iv_feature_set,
-        chart_itemids=_item_ids("mimic_iv_chart_items.csv"),
-        lab_itemids=_item_ids("mimic_iv_lab_items.csv"),
-    )
+    settings = {
+        "feature_set": sources.mimic_iv_feature_set,
+        "chart_itemids": _item_ids("mimic_iv_chart_items.csv"),
+        "lab_itemids": _item_ids("mimic_iv_lab_items.csv"),
+    }
+    counts = mimic_iv.snapshot_mimic_iv(root, home.raw_dir("raw_mimic_iv"), **settings)
     context.log.info(f"raw_mimic_iv: snapshot of {root}: {counts}")
-    return MaterializeResult(
-        data_version=DataVersion(fingerprint),
+    result = MaterializeResult(
         metadata={
             "source": origin,
             "input_path": MetadataValue.path(str(root)),
@@ -119,3 +117,4 @@ def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSo
             **{f"rows_{table}": n for table, n in counts.items()},
         },
     )
+    return versioned(context, result, fingerprint=fingerprint, **settings)

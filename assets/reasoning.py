@@ -28,6 +28,7 @@ from assets.llm_inputs import (
 )
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
+from assets.versioning import versioned
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics
 from eagrl_pipeline.expert_guidance import feature_discrimination, feature_priority
 from eagrl_pipeline.llm.base_model import validate_model_dir
@@ -38,28 +39,37 @@ from eagrl_pipeline.rewards import RewardWeights
 from resources import Compute, EagrlHome, LanguageModel, Warehouse
 
 
-@asset(group_name="reasoning", code_version="1", kinds={"huggingface"})
+@asset(group_name="reasoning", kinds={"huggingface"})
 def base_language_model(
     context: AssetExecutionContext, home: EagrlHome, llm: LanguageModel, compute: Compute
 ):
     """The local model folder every LLM stage loads, validated offline (weights, tokenizer,
     chat template). By default SmolLM2-135M-Instruct, converted once from its GGUF package.
     The metadata says which dtype generation runs in here, and why (on a CPU: its native bf16
-    flag and a measured bf16/fp32 matmul probe)."""
+    flag and a measured bf16/fp32 matmul probe). Its data version covers the folder's
+    fingerprint and the llm and compute settings, so another model (EAGRL_MODEL_PATH) or
+    another precision marks every LLM stage below it stale."""
     path = llm.model_dir(home.root)
     info = validate_model_dir(path)
+    settings = llm.version_settings(path, compute)
     dtype = llm.dtype_choice(compute.configure_torch(llm=True))
     context.log.info(
         f"base model {info.architecture} at {path}: {info.n_parameters:,} params; generation in "
         f"{dtype['generation_dtype']}"
     )
-    return MaterializeResult(
-        metadata={
-            **info.as_metadata(),
-            **dtype,
-            "path": MetadataValue.path(str(path)),
-            "chat_sample": MetadataValue.md(f"```\n{info.chat_sample}\n```"),
-        }
+    return versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                **info.as_metadata(),
+                **dtype,
+                "path": MetadataValue.path(str(path)),
+                "model_fingerprint": settings["model"],
+                "chat_sample": MetadataValue.md(f"```\n{info.chat_sample}\n```"),
+            }
+        ),
+        None,
+        **settings,
     )
 
 
@@ -159,7 +169,6 @@ def _distribution(values: pd.Series) -> dict[str, float]:
 @asset(
     partitions_def=cohort_partitions,
     group_name="reasoning",
-    code_version="1",
     kinds={"python", "parquet"},
     deps=["cohort_dataset", "expert_feature_ranking", "base_language_model"],
     check_specs=[
@@ -217,27 +226,31 @@ def llm_prompts(
     empty = prompts.loc[shown == 0, "patient_id"].tolist()
     visit_counts = prompts["visits_shown"].value_counts().sort_index()
     over = prompts.loc[~prompts["fits_budget"], "patient_id"].tolist()
-    yield MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(target)),
-            "prompts": len(prompts),
-            **{f"prompts_{s}": int(n) for s, n in prompts["split"].value_counts().items()},
-            "tokens_mean": float(tokens.mean()),
-            "tokens_max": int(tokens.max()),
-            "features_shown": MetadataValue.json(_distribution(shown)),
-            "visits_shown": MetadataValue.json(_distribution(prompts["visits_shown"])),
-            "visits_shown_counts": MetadataValue.json(
-                {str(k): int(v) for k, v in visit_counts.items()}
-            ),
-            "prompts_without_features": len(empty),
-            "prompts_below_min_features": int((shown < config.min_features).sum()),
-            "feature_priority_top10": MetadataValue.json(
-                list(priority[:10]) if priority else "dictionary order"
-            ),
-            "truncated": int(prompts["truncated"].sum()),
-            "over_budget": len(over),
-            "example": MetadataValue.md(f"```\n{prompts['prompt'].iloc[0]}\n```"),
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(str(target)),
+                "prompts": len(prompts),
+                **{f"prompts_{s}": int(n) for s, n in prompts["split"].value_counts().items()},
+                "tokens_mean": float(tokens.mean()),
+                "tokens_max": int(tokens.max()),
+                "features_shown": MetadataValue.json(_distribution(shown)),
+                "visits_shown": MetadataValue.json(_distribution(prompts["visits_shown"])),
+                "visits_shown_counts": MetadataValue.json(
+                    {str(k): int(v) for k, v in visit_counts.items()}
+                ),
+                "prompts_without_features": len(empty),
+                "prompts_below_min_features": int((shown < config.min_features).sum()),
+                "feature_priority_top10": MetadataValue.json(
+                    list(priority[:10]) if priority else "dictionary order"
+                ),
+                "truncated": int(prompts["truncated"].sum()),
+                "over_budget": len(over),
+                "example": MetadataValue.md(f"```\n{prompts['prompt'].iloc[0]}\n```"),
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="prompts_show_features",
@@ -288,7 +301,6 @@ class BasePredictionsConfig(Config):
 @asset(
     partitions_def=cohort_partitions,
     group_name="reasoning",
-    code_version="1",
     kinds={"huggingface", "parquet"},
     deps=["llm_prompts", "expert_feature_ranking"],
     pool="gpu",
@@ -368,7 +380,7 @@ def base_llm_predictions(
         f"base predictions {partition}: {len(predictions)} patients, parse failures "
         f"{metadata['parse_failure_rate']:.0%}, mean reward {metadata['mean_reward']:.3f}"
     )
-    return MaterializeResult(metadata=metadata)
+    return versioned(context, MaterializeResult(metadata=metadata), config)
 
 
 class TrajectoriesConfig(Config):
@@ -463,7 +475,6 @@ class TrajectoriesConfig(Config):
 @asset(
     partitions_def=cohort_partitions,
     group_name="reasoning",
-    code_version="1",
     kinds={"huggingface", "jsonl"},
     deps=["llm_prompts", "expert_feature_ranking", "base_language_model"],
     pool="gpu",
@@ -642,42 +653,51 @@ def mcts_trajectories(
     }
     counters = proposer.counters
     depths = [t.depth for r in results for t in r.trajectories]
-    yield MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(target)),
-            "patients_searched": len(results),
-            "patients_searched_by_class": MetadataValue.json(
-                {str(k): v for k, v in searched.items()}
-            ),
-            "patients_with_right_answer_by_class": MetadataValue.json(
-                {str(k): v for k, v in right_patients.items()}
-            ),
-            "kept_rate_by_class": MetadataValue.json(
-                {str(k): (right_patients[k] / searched[k] if searched[k] else None) for k in (0, 1)}
-            ),
-            "trajectories_kept": len(kept),
-            "kept_positive": positives,
-            "kept_negative": negatives,
-            "kept_depths": MetadataValue.json(
-                {
-                    str(d): sum(r["depth"] == d for r in kept)
-                    for d in sorted({r["depth"] for r in kept})
-                }
-            ),
-            "trajectory_depth_max": max(depths, default=0),
-            "valid_complete_responses": sum(sum(t.valid for t in r.trajectories) for r in results),
-            "tree_nodes_mean": float(np.mean([r.stats.nodes for r in results])),
-            "search_generated_tokens": search_tokens,
-            "sampling_generated_tokens": sampling_tokens,
-            "search_vs_sampling": MetadataValue.json(
-                {str(k): asdict(v) for k, v in comparison.items()}
-            ),
-            "prefill_per_unique_prompt_token": counters.prefill_per_unique_prompt_token,
-            "generated_tokens": counters.generated_tokens,
-            "prefix_reuse": proposer.mode,
-            "guided": config.guided,
-            "device": device,
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "path": MetadataValue.path(str(target)),
+                "patients_searched": len(results),
+                "patients_searched_by_class": MetadataValue.json(
+                    {str(k): v for k, v in searched.items()}
+                ),
+                "patients_with_right_answer_by_class": MetadataValue.json(
+                    {str(k): v for k, v in right_patients.items()}
+                ),
+                "kept_rate_by_class": MetadataValue.json(
+                    {
+                        str(k): (right_patients[k] / searched[k] if searched[k] else None)
+                        for k in (0, 1)
+                    }
+                ),
+                "trajectories_kept": len(kept),
+                "kept_positive": positives,
+                "kept_negative": negatives,
+                "kept_depths": MetadataValue.json(
+                    {
+                        str(d): sum(r["depth"] == d for r in kept)
+                        for d in sorted({r["depth"] for r in kept})
+                    }
+                ),
+                "trajectory_depth_max": max(depths, default=0),
+                "valid_complete_responses": sum(
+                    sum(t.valid for t in r.trajectories) for r in results
+                ),
+                "tree_nodes_mean": float(np.mean([r.stats.nodes for r in results])),
+                "search_generated_tokens": search_tokens,
+                "sampling_generated_tokens": sampling_tokens,
+                "search_vs_sampling": MetadataValue.json(
+                    {str(k): asdict(v) for k, v in comparison.items()}
+                ),
+                "prefill_per_unique_prompt_token": counters.prefill_per_unique_prompt_token,
+                "generated_tokens": counters.generated_tokens,
+                "prefix_reuse": proposer.mode,
+                "guided": config.guided,
+                "device": device,
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="trajectories_parse",

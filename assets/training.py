@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from assets.llm_inputs import ScaffoldCaps, expert_top_features, feature_dictionary, sample_patients
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
+from assets.versioning import versioned
 from eagrl_pipeline.evaluation.metrics import paired_bootstrap_difference
 from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.paths import atomic_path
@@ -359,7 +360,6 @@ def _train(
 @asset(
     partitions_def=cohort_partitions,
     group_name="training",
-    code_version="1",
     kinds={"pytorch", "huggingface"},
     deps=["mcts_trajectories", "llm_prompts", "base_language_model"],
     pool="gpu",
@@ -431,21 +431,25 @@ def sft_checkpoint(
     history = manifest.pop("log_history")
     manifest["train_loss_per_step"] = [e["loss"] for e in history if "loss" in e]
     adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
-    yield MaterializeResult(
-        metadata={
-            "adapter": MetadataValue.path(str(adapter)),
-            "mlflow_run_id": run_id,
-            "trajectories_train": outcome["n_train"],
-            "trajectories_eval": outcome["n_eval"],
-            "eval_loss": outcome["eval_loss"],
-            "base_eval_loss": outcome["base_eval_loss"],
-            "train_loss": outcome["train_loss"],
-            "steps": outcome["global_step"],
-            "resumed_from": outcome["resumed_from"] or "",
-            "val_parse_fraction": parse_fraction,
-            "device": device,
-            "precision": precision,
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "adapter": MetadataValue.path(str(adapter)),
+                "mlflow_run_id": run_id,
+                "trajectories_train": outcome["n_train"],
+                "trajectories_eval": outcome["n_eval"],
+                "eval_loss": outcome["eval_loss"],
+                "base_eval_loss": outcome["base_eval_loss"],
+                "train_loss": outcome["train_loss"],
+                "steps": outcome["global_step"],
+                "resumed_from": outcome["resumed_from"] or "",
+                "val_parse_fraction": parse_fraction,
+                "device": device,
+                "precision": precision,
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="sft_eval_loss_improved",
@@ -458,7 +462,6 @@ def sft_checkpoint(
 @asset(
     partitions_def=cohort_partitions,
     group_name="training",
-    code_version="2",
     kinds={"pytorch", "huggingface"},
     deps=["sft_checkpoint", "llm_prompts", "expert_feature_ranking"],
     pool="gpu",
@@ -554,21 +557,25 @@ def rl_checkpoint(
         "train_reward_per_step": rewards,
     }
     adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
-    yield MaterializeResult(
-        metadata={
-            "adapter": MetadataValue.path(str(adapter)),
-            "mlflow_run_id": run_id,
-            "prompts": len(rows),
-            "steps": outcome["global_step"],
-            "resumed_from": outcome["resumed_from"] or "",
-            "train_reward_first": rewards[0] if rewards else math.nan,
-            "train_reward_last": rewards[-1] if rewards else math.nan,
-            **summary,
-            **gate_figures,
-            "val_parse_fraction_rl": float(scored["rl"]["valid"].mean()),
-            "device": device,
-            "precision": precision,
-        }
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "adapter": MetadataValue.path(str(adapter)),
+                "mlflow_run_id": run_id,
+                "prompts": len(rows),
+                "steps": outcome["global_step"],
+                "resumed_from": outcome["resumed_from"] or "",
+                "train_reward_first": rewards[0] if rewards else math.nan,
+                "train_reward_last": rewards[-1] if rewards else math.nan,
+                **summary,
+                **gate_figures,
+                "val_parse_fraction_rl": float(scored["rl"]["valid"].mean()),
+                "device": device,
+                "precision": precision,
+            }
+        ),
+        config,
     )
     yield AssetCheckResult(
         check_name="rl_reward_improved",

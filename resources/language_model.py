@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -25,6 +26,15 @@ class LanguageModel(ConfigurableResource):
     top_p: float = Field(default=0.95, description="Nucleus sampling (search, RL).")
     batch_size: int = Field(default=8, description="Prompts per generate call.")
 
+    def planned_model_dir(self, home: Path) -> Path:
+        """The folder ``model_dir`` will load, without converting the default (a planner's view:
+        a default not converted yet is a folder that does not exist)."""
+        if self.path:
+            return Path(self.path).expanduser()
+        from eagrl_pipeline.llm.base_model import DEFAULT_MODEL_NAME
+
+        return home / "models" / DEFAULT_MODEL_NAME
+
     def model_dir(self, home: Path) -> Path:
         """The folder to load: the configured one, or the converted default under EAGRL_HOME."""
         if self.path:
@@ -32,6 +42,18 @@ class LanguageModel(ConfigurableResource):
         from eagrl_pipeline.llm.base_model import ensure_default_model
 
         return ensure_default_model(home / "models")
+
+    def version_settings(self, model_dir: Path, compute: Any) -> dict[str, Any]:
+        """What makes two runs of the LLM stages comparable: the model folder's fingerprint and
+        every generation and compute setting (``base_language_model``'s data version, and what
+        ``make run``'s planner compares with it)."""
+        from eagrl_pipeline.llm.base_model import model_fingerprint
+
+        return {
+            "model": model_fingerprint(model_dir),
+            "llm": {name: getattr(self, name) for name in type(self).model_fields},
+            "compute": {name: getattr(compute, name) for name in type(compute).model_fields},
+        }
 
     def dtype_choice(self, device: str) -> dict:
         """The generation dtype ``dtype`` resolves to on ``device``, and why (asset metadata)."""

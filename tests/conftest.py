@@ -75,6 +75,19 @@ def lineage_home(tmp_path_factory: pytest.TempPathFactory):
 
 
 EXPERT_PARTITION = "mimic_iv-mortality"
+EXPERTS_RUN_CONFIG = {
+    "ops": {
+        "expert_model": {
+            "config": {
+                "models": ["gru", "concare"],
+                "max_epochs": 2,
+                "bootstrap_resamples": 50,
+                "val_auroc_floor": 0.0,
+            }
+        },
+        "expert_feature_ranking": {"config": {"aggregation": "mean_rank", "top_k": 3}},
+    }
+}
 
 
 @pytest.fixture(scope="session")
@@ -90,19 +103,7 @@ def experts_run(lineage_home):
         partition_key=EXPERT_PARTITION,
         resources=lineage_home["resources"],
         instance=lineage_home["instance"],
-        run_config={
-            "ops": {
-                "expert_model": {
-                    "config": {
-                        "models": ["gru", "concare"],
-                        "max_epochs": 2,
-                        "bootstrap_resamples": 50,
-                        "val_auroc_floor": 0.0,
-                    }
-                },
-                "expert_feature_ranking": {"config": {"aggregation": "mean_rank", "top_k": 3}},
-            }
-        },
+        run_config=EXPERTS_RUN_CONFIG,
         raise_on_error=False,
     )
     return result, lineage_home

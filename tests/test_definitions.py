@@ -83,20 +83,6 @@ def test_unknown_lab_feature_id_is_refused_at_config_time_with_the_known_ids():
         assert "EhrSources.mimic_iv_lab_feature_ids" in str(exc.value)
 
 
-def test_make_runs_smoke_gate_is_valid_config_and_looser_than_the_default():
-    """`make run` passes its RL gate as run config: a typo would only fail at the end of a run."""
-    from dagster import validate_run_config
-
-    from assets.training import RLCheckpointConfig
-    from definitions import defs
-    from run_lineage import SMOKE_GATE
-
-    job = defs.get_job_def("partition_lineage")
-    validate_run_config(job, {"ops": SMOKE_GATE})
-    smoke = RLCheckpointConfig(**SMOKE_GATE["rl_checkpoint"]["config"]).min_reward_gain
-    assert smoke < 0 < RLCheckpointConfig().min_reward_gain
-
-
 def test_raw_writers_share_the_warehouse_pool_with_dbt():
     """dbt reads the raw snapshots: a raw writer must never replace them during a dbt build, so
     both sides hold the one-slot ``duckdb`` pool (issue 16, defect 2)."""

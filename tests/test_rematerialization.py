@@ -1,0 +1,178 @@
+"""What changed gets recomputed, and only that (``make run``'s planner, ``staleness.py``): a
+stage's launchpad config, the model folder or its settings, a stage's source; nothing when
+nothing changed. (A raw file's change: ``test_staleness.py``.)"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+from dagster import AssetKey, materialize
+
+from assets import versioning
+from assets.versioning import config_fingerprint, source_version
+
+pytestmark = pytest.mark.slow
+
+PARTITION = "mimic_iv-mortality"
+MODEL, COHORT = AssetKey("base_language_model"), AssetKey("cohort_dataset")
+EXPERT, RANKING = AssetKey("expert_model"), AssetKey("expert_feature_ranking")
+
+
+@pytest.fixture(scope="module")
+def materialized(experts_run, tmp_path_factory):
+    """Cohorts and experts (the session fixtures) plus the base model, a tiny local one."""
+    from definitions import all_assets
+    from eagrl_pipeline.llm.tiny_model import build_tiny_qwen2
+    from resources import LanguageModel
+
+    _, lineage = experts_run
+    model_dir = build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2", seed=0)
+    resources = {**lineage["resources"], "llm": LanguageModel(path=str(model_dir))}
+    result = materialize(
+        all_assets,
+        selection=[MODEL],
+        resources=resources,
+        instance=lineage["instance"],
+    )
+    assert result.success
+    return lineage, resources, tmp_path_factory
+
+
+def _plan(lineage, resources, run_config, defs=None):
+    from definitions import defs as default_defs
+    from staleness import cohort_relevance, planned_fingerprints, stale_or_missing
+
+    defs = defs or default_defs
+    planned = planned_fingerprints(defs, run_config, lineage["home"], resources)
+    keys = [MODEL, COHORT, EXPERT, RANKING]
+    todo = stale_or_missing(
+        lineage["instance"], defs, keys, PARTITION, cohort_relevance, planned=planned
+    )
+    return {key.to_user_string(): why for key, why in todo.items()}
+
+
+def test_nothing_changed_plans_nothing(materialized):
+    from conftest import EXPERTS_RUN_CONFIG
+
+    lineage, resources, _ = materialized
+    assert _plan(lineage, resources, EXPERTS_RUN_CONFIG) == {}
+
+
+def test_a_stage_config_change_reruns_that_stage_and_what_follows(materialized):
+    from conftest import EXPERTS_RUN_CONFIG
+
+    lineage, resources, _ = materialized
+    changed = copy.deepcopy(EXPERTS_RUN_CONFIG)
+    changed["ops"]["expert_model"]["config"]["max_epochs"] = 3
+    assert _plan(lineage, resources, changed) == {
+        "expert_model": "config changed",
+        "expert_feature_ranking": "upstream re-materialized: expert_model",
+    }
+    ranking_only = copy.deepcopy(EXPERTS_RUN_CONFIG)
+    ranking_only["ops"]["expert_feature_ranking"]["config"]["top_k"] = 4
+    assert _plan(lineage, resources, ranking_only) == {"expert_feature_ranking": "config changed"}
+
+
+def test_another_model_or_model_setting_reruns_the_language_model_only(materialized):
+    from conftest import EXPERTS_RUN_CONFIG
+
+    from eagrl_pipeline.llm.tiny_model import build_tiny_qwen2
+    from resources import LanguageModel
+
+    lineage, resources, factory = materialized
+    other = build_tiny_qwen2(factory.mktemp("tiny_other") / "qwen2", seed=1)
+    swapped = {**resources, "llm": LanguageModel(path=str(other))}
+    assert _plan(lineage, swapped, EXPERTS_RUN_CONFIG) == {
+        "base_language_model": "model or settings changed"
+    }
+    hotter = {"resources": {"llm": {"config": {"temperature": 0.9}}}, **EXPERTS_RUN_CONFIG}
+    assert _plan(lineage, resources, hotter) == {"base_language_model": "model or settings changed"}
+    # The LLM stages below it are stale through it: its data version covers the model.
+    from staleness import planned_fingerprints
+
+    planned = planned_fingerprints(
+        __import__("definitions").defs, EXPERTS_RUN_CONFIG, lineage["home"], swapped
+    )
+    assert (
+        planned[MODEL]
+        != planned_fingerprints(
+            __import__("definitions").defs, EXPERTS_RUN_CONFIG, lineage["home"], resources
+        )[MODEL]
+    )
+
+
+def test_a_stage_source_change_reruns_that_stage_and_what_follows(materialized):
+    """A new code version (what an edit to the stage's source gives, see the next test) on
+    expert_model: it and the ranking below it are planned, the cohort and the model are not."""
+    from conftest import EXPERTS_RUN_CONFIG
+    from dagster import Definitions
+
+    from definitions import defs
+
+    lineage, resources, _ = materialized
+    edited = [
+        d.map_asset_specs(lambda s: s.replace_attributes(code_version="edited"))
+        if EXPERT in getattr(d, "keys", ())
+        else d
+        for d in defs.assets
+    ]
+    edited_defs = Definitions(assets=edited, resources=defs.resources)
+    plan = _plan(lineage, resources, EXPERTS_RUN_CONFIG, edited_defs)
+    assert set(plan) == {"expert_model", "expert_feature_ranking"}
+    assert "code version" in plan["expert_model"].lower()
+
+
+def test_source_version_follows_what_the_stage_runs(tmp_path, monkeypatch):
+    """The code version hashes the stage, the helpers it reaches and the project modules they
+    import; an edit elsewhere in its module leaves it alone."""
+    package = tmp_path / "vprobe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    method = package / "method.py"
+    method.write_text("def score(x):\n    return x + 1\n")
+    stage = package / "stage.py"
+    source = (
+        "from vprobe.method import score\n\nLIMIT = 3\n\n\n"
+        "def _helper(x):\n    return score(x) * LIMIT\n\n\n"
+        "def other(x):\n    return x\n\n\n"
+        "def stage(x):\n    return _helper(x)\n"
+    )
+    stage.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(versioning, "PROJECT_PACKAGES", (*versioning.PROJECT_PACKAGES, "vprobe"))
+    import vprobe.stage
+
+    def version() -> str:
+        versioning._parsed.cache_clear()
+        source_version.cache_clear()
+        return source_version(vprobe.stage.stage)
+
+    try:
+        original = version()
+        assert version() == original
+        stage.write_text(source.replace("return x\n", "return -x\n"))
+        assert version() == original  # `other` is not reached by the stage
+        stage.write_text(source.replace("LIMIT = 3", "LIMIT = 4"))
+        assert version() != original
+        stage.write_text(source)
+        assert version() == original
+        method.write_text("def score(x):\n    return x + 2\n")
+        assert version() != original
+    finally:
+        sys.modules.pop("vprobe.stage", None)
+        sys.modules.pop("vprobe.method", None)
+        sys.modules.pop("vprobe", None)
+        versioning._parsed.cache_clear()
+        source_version.cache_clear()
+
+
+def test_config_fingerprint_is_stable_and_resolves_defaults():
+    from assets.experts import ExpertModelConfig
+
+    assert config_fingerprint(ExpertModelConfig()) == config_fingerprint(
+        ExpertModelConfig(seed=ExpertModelConfig().seed)
+    )
+    assert config_fingerprint(ExpertModelConfig()) != config_fingerprint(ExpertModelConfig(seed=1))
+    assert config_fingerprint(None, a=1) != config_fingerprint(None, a=2)
