@@ -12,6 +12,7 @@ disable_telemetry()
 from dagster import (  # noqa: E402
     AssetSelection,
     Definitions,
+    colored_console_logger,
     define_asset_job,
     load_assets_from_modules,
 )
@@ -45,6 +46,7 @@ from resources import (  # noqa: E402
     Warehouse,
     dbt_resource,
 )
+from resources.run_log import file_logger  # noqa: E402
 
 # The manifest is a build product: prepare it when it is missing (CI has no `dagster dev`).
 if not DBT_PROJECT.manifest_path.exists():
@@ -119,4 +121,6 @@ defs = Definitions(
         build_cross_dataset_sensor(partition_job, generalization_job),
     ],
     resources=build_resources(EAGRL_HOME),
+    # Every run logs to the console and, in full, to $EAGRL_HOME/logs/dagster_events.log.
+    loggers={"console": colored_console_logger, "file": file_logger},
 )

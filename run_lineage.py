@@ -34,6 +34,13 @@ from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, st
 RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
 RAW_NAMES = [k.to_user_string() for k in RAW]
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+EVENT_LOG = Path(EAGRL_HOME) / "logs" / "dagster_events.log"
+# The console gets warnings and errors (and one line per step, printed here); every event, DEBUG
+# included, goes to EVENT_LOG.
+LOGGERS = {
+    "console": {"config": {"log_level": "WARNING"}},
+    "file": {"config": {"path": str(EVENT_LOG), "log_level": "DEBUG"}},
+}
 
 
 class ProfileError(Exception):
@@ -103,13 +110,15 @@ def _execute(
     label: str,
     record: Pass,
 ) -> bool:
-    result = defs.get_job_def(job).execute_in_process(
+    run_config = {**run_config_for(record.profile, keys), "loggers": LOGGERS}
+    result = defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         partition_key=partition,
         asset_selection=keys,
-        run_config=run_config_for(record.profile, keys) or None,
+        run_config=run_config,
         raise_on_error=False,
     )
+    _print_steps(result, label)
     failing = [c for c in result.get_asset_check_evaluations() if not c.passed]
     bad = [c.check_name for c in failing if c.severity == AssetCheckSeverity.ERROR]
     warned = [
@@ -123,8 +132,40 @@ def _execute(
     if warned:
         record.warned[label] = record.warned.get(label, []) + warned
     if not result.success or bad:
-        record.failed[label] = bad or ["run failed (see the Dagster logs above)"]
+        record.failed[label] = bad or [f"run failed (the error is above; every event: {EVENT_LOG})"]
     return result.success
+
+
+def _print_steps(result: Any, label: str) -> None:
+    """One console line per step: the asset, its partition, seconds and a few metadata values."""
+    seconds: dict[str, float] = {}
+    status: dict[str, str] = {}
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key:
+            data = event.event_specific_data
+            seconds[event.step_key] = getattr(data, "duration_ms", None) or 0.0
+            status[event.step_key] = "ok" if event.event_type_value == "STEP_SUCCESS" else "FAILED"
+    for event in result.all_events:
+        if event.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        materialization = event.event_specific_data.materialization
+        shown = [
+            f"{k}={_value(v)}"
+            for k, v in (materialization.metadata or {}).items()
+            if isinstance(getattr(v, "value", v), int | float) and not isinstance(v, bool)
+        ][:4]
+        step = event.step_key or ""
+        print(
+            f"[step] {label:<21} {materialization.asset_key.to_user_string():<24} "
+            f"{seconds.get(step, 0.0) / 1000:7.1f} s  {status.get(step, 'ok'):<6} "
+            + ", ".join(shown),
+            flush=True,
+        )
+        status[step] = "reported"
+    for step, state in status.items():
+        if state == "FAILED":
+            took = seconds[step] / 1000
+            print(f"[step] {label:<21} {step:<24} {took:7.1f} s  FAILED", flush=True)
 
 
 def _value(metadata: object) -> str:
@@ -234,6 +275,7 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     print(f"warehouse (DuckDB):  {Path(EAGRL_HOME) / 'warehouse.duckdb'}")
     print(f"MLflow store:        {Path(EAGRL_HOME) / 'mlflow'}  (make mlflow opens the UI)")
     print(f"Dagster instance:    {Path(EAGRL_HOME) / 'dagster'}  (make dev opens the UI)")
+    print(f"full event log:      {EVENT_LOG}")
     redone = sorted({a for assets in second.materialized.values() for a in assets} - set(RAW_NAMES))
     print(f"\nwall time, first run:            {first.seconds:.1f} s")
     print(
@@ -251,6 +293,7 @@ def main() -> int:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
     print(f"[profile] {name}: {PROFILES_DIR / (name + '.yaml')}", flush=True)
+    print(f"[log] every Dagster event goes to {EVENT_LOG}", flush=True)
     instance = DagsterInstance.get()
     first = lineage_pass(instance, profile)
     print("\n== second pass: nothing changed, so nothing should be redone ==", flush=True)

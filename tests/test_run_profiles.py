@@ -33,7 +33,7 @@ def test_profile_is_valid_config_for_every_job_it_configures(name):
     for job in ("shared_inputs", "partition_lineage", "cross_dataset_report"):
         keys = job_asset_keys(defs, job)
         config = run_config_for(profile, keys)
-        result = validate_run_config(defs.get_job_def(job), config)
+        result = validate_run_config(defs.resolve_job_def(job), config)
         assert result is not None
         covered |= set(config.get("ops") or {})
     assert covered == configured, f"{name}: ops no job runs: {sorted(configured - covered)}"
@@ -100,3 +100,32 @@ def test_unknown_or_malformed_profiles_are_named_with_the_fix(tmp_path, monkeypa
     (tmp_path / "broken.yaml").write_text("ops: [\n")
     with pytest.raises(ProfileError, match=r"broken.yaml: not valid YAML"):
         load_profile("broken")
+
+
+@pytest.mark.slow
+def test_make_run_console_shows_one_line_per_step_and_the_file_keeps_every_event(tmp_path):
+    """The raw step of `make run` (a subprocess with its own EAGRL_HOME): the console gets the
+    step lines and no DEBUG event; the event log file under EAGRL_HOME gets them all."""
+    home = tmp_path / "home"
+    script = (
+        "from dagster import DagsterInstance\n"
+        "import run_lineage as r\n"
+        "record = r.Pass(r.load_profile('cpu'))\n"
+        "instance = DagsterInstance.ephemeral()\n"
+        "ok = r._execute(instance, 'shared_inputs', r.RAW, None, 'raw', record)\n"
+        "assert ok, record.failed\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "EAGRL_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster")
+    (tmp_path / "dagster").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    steps = [line for line in console.splitlines() if line.startswith("[step]")]
+    assert any("raw_tjh" in line and " ok " in line for line in steps), console[-2000:]
+    assert any("raw_mimic_iv" in line for line in steps)
+    assert " - DEBUG - " not in console and "STEP_START" not in console
+    log = (home / "logs" / "dagster_events.log").read_text()
+    assert "STEP_START" in log and "raw_tjh" in log and "DEBUG" in log
