@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     )
 
 from assets.partitions import cohort_partitions
+from eagrl_pipeline.data import mimic_iv
+from eagrl_pipeline.data.fingerprints import stat_fingerprint
+from eagrl_pipeline.errors import InputDataError
 
 DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # Sundays 03:00
 DEFAULT_RETRAIN_TIMEZONE = "UTC"
@@ -113,44 +116,30 @@ def build_retrain_schedule(environ: Mapping[str, str] | None = None) -> Schedule
 # -- the raw-input sensor ------------------------------------------------------------------------
 
 
-def _file_entry(path: Path, relative_to: Path) -> list[object]:
-    stat = path.stat()
-    return [path.relative_to(relative_to).as_posix(), stat.st_size, stat.st_mtime_ns]
-
-
 def raw_input_fingerprint(
-    tjh_path: str | None, mimic_iv_root: str | None
+    tjh_path: str | None, mimic_iv_root: str | None, mimic_iv_feature_set: str = "vitals_labs"
 ) -> tuple[str | None, str | None]:
-    """(fingerprint, None), or (None, why not): relative path, size and mtime of each input file
-    (the TJH file; every ``*.csv.gz`` under a MIMIC-IV folder's hosp/ and icu/). Cheap: it
-    reads no file contents."""
+    """(fingerprint, None), or (None, why not): the stat fingerprint (path, size, mtime; no
+    contents read) of the files the raw assets read, by the function they use for their own
+    cheap check (``eagrl_pipeline.data.fingerprints``): the TJH file, and the MIMIC-IV tables the
+    feature set needs."""
     if not tjh_path and not mimic_iv_root:
         return None, (
             "No raw input configured (EAGRL_TJH_PATH and EAGRL_MIMIC_IV_ROOT are empty): the "
             "synthetic default does not change."
         )
-    inputs: dict[str, object] = {}
+    inputs: dict[str, str] = {}
     if tjh_path:
         path = Path(tjh_path).expanduser()
         if not path.is_file():
             return None, f"EAGRL_TJH_PATH={tjh_path} is not a file."
-        inputs["tjh"] = {"path": str(path.resolve()), "files": [_file_entry(path, path.parent)]}
+        inputs["tjh"] = stat_fingerprint([path])
     if mimic_iv_root:
-        root = Path(mimic_iv_root).expanduser()
-        if not root.is_dir():
-            return None, f"EAGRL_MIMIC_IV_ROOT={mimic_iv_root} is not a folder."
-        files = sorted(
-            f
-            for module in ("hosp", "icu")
-            for f in (root / module).rglob("*.csv.gz")
-            if f.is_file()
-        )
-        if not files:
-            return None, f"EAGRL_MIMIC_IV_ROOT={mimic_iv_root} holds no hosp/ or icu/ *.csv.gz."
-        inputs["mimic_iv"] = {
-            "path": str(root.resolve()),
-            "files": [_file_entry(f, root) for f in files],
-        }
+        try:
+            tables = mimic_iv.check_layout(Path(mimic_iv_root).expanduser(), mimic_iv_feature_set)
+        except InputDataError as exc:
+            return None, f"EAGRL_MIMIC_IV_ROOT={mimic_iv_root}: {exc}"
+        inputs["mimic_iv"] = stat_fingerprint(tables.values())
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return digest[:32], None
 
@@ -168,7 +157,9 @@ def build_raw_input_sensor(environ: Mapping[str, str] | None = None) -> SensorDe
     def raw_input_changed(context: SensorEvaluationContext):
         # Read at tick time, not import time: the daemon sees the current configuration.
         fingerprint, reason = raw_input_fingerprint(
-            os.environ.get("EAGRL_TJH_PATH") or None, os.environ.get("EAGRL_MIMIC_IV_ROOT") or None
+            os.environ.get("EAGRL_TJH_PATH") or None,
+            os.environ.get("EAGRL_MIMIC_IV_ROOT") or None,
+            os.environ.get("EAGRL_MIMIC_IV_FEATURE_SET") or "vitals_labs",
         )
         if fingerprint is None:
             return SkipReason(reason)

@@ -11,7 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from eagrl_pipeline.data.mimic_iv import TABLES, fingerprint_files, snapshot_mimic_iv
+from eagrl_pipeline.data.fingerprints import content_fingerprint
+from eagrl_pipeline.data.mimic_iv import TABLES, snapshot_mimic_iv
 from eagrl_pipeline.errors import InputDataError
 
 # Column lists exactly as in MIMIC_IV_SCHEMA.md.
@@ -352,31 +353,31 @@ def test_unknown_feature_set(raw: Path, tmp_path: Path) -> None:
 
 def test_fingerprint_changes_with_one_byte_and_is_stable(raw: Path, tmp_path: Path) -> None:
     files = sorted(raw.rglob("*.csv.gz"))
-    first = fingerprint_files(files, root=raw)
-    assert fingerprint_files(files, root=raw) == first
-    assert fingerprint_files(list(reversed(files)), root=raw) == first  # order does not matter
+    first = content_fingerprint(files, root=raw)
+    assert content_fingerprint(files, root=raw) == first
+    assert content_fingerprint(list(reversed(files)), root=raw) == first  # order does not matter
     # A byte-identical copy under another root has the same fingerprint (relative names).
     copy = tmp_path / "copy"
     shutil.copytree(raw, copy)
-    assert fingerprint_files(sorted(copy.rglob("*.csv.gz")), root=copy) == first
+    assert content_fingerprint(sorted(copy.rglob("*.csv.gz")), root=copy) == first
 
     target = raw / "icu/chartevents.csv.gz"
     data = bytearray(target.read_bytes())
     data[-5] ^= 0x01
     target.write_bytes(bytes(data))
-    changed = fingerprint_files(files, root=raw)
+    changed = content_fingerprint(files, root=raw)
     assert changed != first
     data[-5] ^= 0x01
     target.write_bytes(bytes(data))
-    assert fingerprint_files(files, root=raw) == first
+    assert content_fingerprint(files, root=raw) == first
 
 
 def test_fingerprint_includes_names(raw: Path) -> None:
     files = sorted(raw.rglob("*.csv.gz"))
-    first = fingerprint_files(files, root=raw)
+    first = content_fingerprint(files, root=raw)
     renamed = raw / "icu/chartevents_old.csv.gz"
     (raw / "icu/chartevents.csv.gz").rename(renamed)
-    assert fingerprint_files(sorted(raw.rglob("*.csv.gz")), root=raw) != first
+    assert content_fingerprint(sorted(raw.rglob("*.csv.gz")), root=raw) != first
 
 
 def test_quoted_comma_after_sniffer_sample(raw: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from dagster import (
 
 import orchestration
 from assets.partitions import COHORTS
+from eagrl_pipeline.data.mimic_iv import TABLES, required_tables
 
 PRODUCTION = {"EAGRL_DEPLOYMENT": "production"}
 
@@ -149,13 +150,21 @@ def test_raw_input_sensor_fires_once_per_fingerprint_change(defs, tmp_path: Path
 def test_raw_input_sensor_follows_mimic_iv_release_folders(defs, tmp_path: Path, monkeypatch):
     sensor = defs.get_repository_def().get_sensor_def("raw_input_changed")
     monkeypatch.delenv("EAGRL_TJH_PATH", raising=False)
+    monkeypatch.setenv("EAGRL_MIMIC_IV_FEATURE_SET", "vitals")
     releases = {}
     for version in ("2.2", "3.1"):
         root = tmp_path / "mimiciv" / version
-        for module, table in (("hosp", "patients"), ("icu", "icustays")):
-            (root / module).mkdir(parents=True)
-            (root / module / f"{table}.csv.gz").write_bytes(b"\x1f\x8b" + version.encode())
+        for table in required_tables("vitals"):
+            path = root / TABLES[table].relative_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\x1f\x8b" + version.encode())
         releases[version] = root
+    # The sensor fingerprints the tables the raw asset reads: one missing, it says so and waits.
+    missing = tmp_path / "mimiciv" / "partial"
+    (missing / "hosp").mkdir(parents=True)
+    monkeypatch.setenv("EAGRL_MIMIC_IV_ROOT", str(missing))
+    partial = _evaluate(sensor, None)
+    assert not partial.run_requests and "patients.csv.gz" in partial.skip_message
     monkeypatch.setenv("EAGRL_MIMIC_IV_ROOT", str(releases["2.2"]))
     old = _evaluate(sensor, None)
     assert len(old.run_requests) == 1
@@ -163,9 +172,10 @@ def test_raw_input_sensor_follows_mimic_iv_release_folders(defs, tmp_path: Path,
     monkeypatch.setenv("EAGRL_MIMIC_IV_ROOT", str(releases["3.1"]))
     new = _evaluate(sensor, old.cursor)
     assert len(new.run_requests) == 1 and new.cursor != old.cursor
-    # A non-csv.gz file or a file outside hosp/ and icu/ is not part of the fingerprint.
+    # A file the raw asset does not read is not part of the fingerprint.
     (releases["3.1"] / "README.txt").write_text("notes")
     (releases["3.1"] / "hosp" / "notes.txt").write_text("notes")
+    (releases["3.1"] / "hosp" / "labevents.csv.gz").write_bytes(b"\x1f\x8b")  # not in "vitals"
     assert not _evaluate(sensor, new.cursor).run_requests
 
 

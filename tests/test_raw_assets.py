@@ -87,3 +87,51 @@ def test_interrupted_synthetic_generation_is_never_taken_for_complete(tmp_path):
     assert len(calls) == 3 and json.loads((folder / MARKER).read_text()) == {"seed": 1}
     _synthetic(folder, {"seed": 1}, write)  # and a complete generation is reused
     assert len(calls) == 3
+
+
+def test_an_unchanged_raw_input_is_not_read_again_and_keeps_its_data_version(tmp_path, monkeypatch):
+    """Same names, sizes and mtimes: nothing is read (the reader is not called). Touched but
+    identical: read once to hash, the snapshot is kept. New contents: a new snapshot and a new
+    data version. The data version depends on the contents only."""
+    import assets.raw
+    from definitions import all_assets, build_resources
+    from resources import EhrSources
+
+    source = write_synthetic_tjh(tmp_path / "tjh.csv", n_patients=30, seed=1)
+    resources = build_resources(str(tmp_path / "home"))
+    resources["sources"] = EhrSources(tjh_path=str(source))
+    instance = DagsterInstance.ephemeral()
+    reads = []
+    real_read = assets.raw.read_tjh
+    monkeypatch.setattr(assets.raw, "read_tjh", lambda path: reads.append(path) or real_read(path))
+
+    def run():
+        result = materialize(
+            all_assets, selection=["raw_tjh"], resources=resources, instance=instance
+        )
+        (event,) = result.asset_materializations_for_node("raw_tjh")
+        record = instance.get_latest_data_version_record(event.asset_key)
+        return record.asset_materialization.tags["dagster/data_version"], event.metadata
+
+    first, meta = run()
+    assert len(reads) == 1 and meta["snapshot_reused"].value == "no"
+    snapshot = tmp_path / "home" / "artifacts" / "raw_tjh" / "lab_reports.parquet"
+    written = snapshot.stat().st_mtime_ns
+
+    again, meta = run()
+    assert again == first and len(reads) == 1
+    assert meta["snapshot_reused"].value == "unchanged files" and meta["rows"].value > 0
+    assert snapshot.stat().st_mtime_ns == written
+
+    stat = source.stat()
+    import os
+
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    touched, meta = run()
+    assert touched == first and len(reads) == 1 and meta["snapshot_reused"].value == "same contents"
+
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False).iloc[:-3]
+    frame.to_csv(source, index=False)
+    changed, meta = run()
+    assert changed != first and len(reads) == 2 and meta["snapshot_reused"].value == "no"
+    assert snapshot.stat().st_mtime_ns != written

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -418,15 +417,3 @@ def _snapshot_tables(
             counts[table] = future.result()
     con.close()
     return {table: counts[table] for table in TABLES}
-
-
-def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
-    """Content hash of files (names included), the data version of a raw input."""
-    digest = hashlib.blake2b(digest_size=16)
-    for path in sorted(paths):
-        name = str(path.relative_to(root)) if root else path.name
-        digest.update(name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
