@@ -14,6 +14,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.gates import require_passing_upstream_checks
 from assets.partitions import COHORTS, cohort_mart, cohort_partitions, split_partition
 from assets.versioning import versioned
 from eagrl_pipeline.data.cohort import build_cohort_arrays, cohort_summary, write_cohort
@@ -82,6 +83,7 @@ def cohort_dataset(
 ):
     """Patient-level split, train-only statistics, LOCF + median imputation, padded arrays, and
     the raw values and missing masks the prompts will print."""
+    require_passing_upstream_checks(context)
     partition = context.partition_key
     dataset, task = split_partition(partition)
     mart = cohort_mart(partition)

@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import (
     ScaffoldCaps,
     expert_top_features,
@@ -423,6 +424,7 @@ def evaluation_report(
     """Base, SFT and RL policies and the expert on the test split: bootstrap AUROC/AUPRC,
     calibration, parse failures, Jaccard with the expert, RL's improvement over the base model,
     and AUROC/AUPRC with feature order permuted. report.json/.md/.html, logged to MLflow."""
+    require_passing_upstream_checks(context)
     partition = context.partition_key
     dataset, _ = split_partition(partition)
     adapters = policy_adapters(home, partition)
@@ -594,6 +596,7 @@ def generalization_report(
     """Zero-shot transfer: the policies trained on MIMIC-IV mortality answer TJH's test prompts
     as they are, and the other way round, next to the base model on the same prompts. The expert
     cannot read the other dataset's inputs: marked not applicable, with the shared features."""
+    require_passing_upstream_checks(context)
     a, b = GENERALIZATION_PARTITIONS
     adapters = {p: policy_adapters(home, p) for p in GENERALIZATION_PARTITIONS}
     datasets = {p: split_partition(p)[0] for p in GENERALIZATION_PARTITIONS}

@@ -17,6 +17,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import load_cohort
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
@@ -97,6 +98,7 @@ def expert_model(
 ):
     """Train the configured experts, evaluate on the test split (bootstrap AUROC/AUPRC, Brier),
     log everything to one MLflow run and register the primary expert."""
+    require_passing_upstream_checks(context)
     import mlflow
     import mlflow.pytorch
     import torch
@@ -273,6 +275,7 @@ def expert_feature_ranking(
     warehouse: Warehouse,
 ):
     """For every patient of every split, the ranked features with their scores (parquet)."""
+    require_passing_upstream_checks(context)
     partition = context.partition_key
     dataset, _ = split_partition(partition)
     arrays = load_cohort(home, partition)

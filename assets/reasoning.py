@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import (
     ScaffoldCaps,
     expert_top_features,
@@ -191,6 +192,7 @@ def llm_prompts(
     Features are chosen in an order fitted on the training split (how well each separates its
     outcomes, or the expert's mean importance; never a patient's own expert output or label),
     visits by whether they hold those features."""
+    require_passing_upstream_checks(context)
     from transformers import AutoTokenizer
 
     partition = context.partition_key
@@ -316,6 +318,7 @@ def base_llm_predictions(
 ):
     """Zero-shot answers of the base model on validation and test prompts (batched greedy
     generation), parsed and scored with the EAG-RL reward parts."""
+    require_passing_upstream_checks(context)
     from eagrl_pipeline.evaluation.predictions import (
         GenerationSettings,
         PromptSet,
@@ -519,6 +522,7 @@ def mcts_trajectories(
     answer on the label's side of 0.5), scored with the EAG-RL reward against the expert's top-k
     among the features the prompt shows, balanced by label (JSONL); compared with best-of-N
     sampling at the same budget."""
+    require_passing_upstream_checks(context)
     import hashlib
     import json
 

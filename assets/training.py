@@ -21,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field, model_validator
 
+from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import ScaffoldCaps, expert_top_features, feature_dictionary, sample_patients
 from assets.partitions import cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
@@ -385,6 +386,7 @@ def sft_checkpoint(
 ):
     """Stage 1: a LoRA adapter distilled from the MCTS trajectories (trl SFTTrainer, loss on the
     completion only), with the base model's eval loss on the same held-out patients."""
+    require_passing_upstream_checks(context)
     import mlflow
 
     from eagrl_pipeline.training.launch import sft_spec
@@ -491,6 +493,7 @@ def rl_checkpoint(
     evaluation's scaffold. trl logs every step to MLflow (reward parts, frac_reward_zero_std,
     clip_ratio/*, adaptive_clip/*); the manifest adds how many groups had reward spread, the ε
     and clip summary and the gate's paired comparison with the SFT policy."""
+    require_passing_upstream_checks(context)
     import mlflow
 
     from eagrl_pipeline.training.grpo import grpo_row

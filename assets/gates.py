@@ -1,0 +1,68 @@
+"""Blocking checks that hold across runs.
+
+Dagster skips the children of an asset whose blocking check fails *in the same run*. A later run
+that starts below it (the weekly ``retrain`` job starts at the experts; a launchpad run of one
+stage; a backfill) would read the output that failed its gate. Every Python asset therefore calls
+:func:`require_passing_upstream_checks` first: it reads the blocking check results recorded with
+the latest materialization of each parent (the same partition of a partitioned parent; the
+project's checks are evaluated in the asset's own step) and refuses, naming the check and the
+fix, where one failed. (Declarative automation's
+``AutomationCondition.all_deps_blocking_checks_passed`` says the same for automated runs; this
+holds for every run, however launched.)
+
+A run tagged ``eagrl/failed_checks: report`` goes on with a warning instead: the learning study
+measures every stage and reports a failed gate in its table rather than stopping at it.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetExecutionContext, DagsterEventType, Failure
+
+REPORT_TAG = "eagrl/failed_checks"
+
+
+def failed_upstream_checks(context: AssetExecutionContext) -> list[str]:
+    """``parent[partition]: check`` for each blocking check that failed on the latest
+    materialization of a parent (the same partition of a partitioned parent): the evaluations
+    its own run recorded for it."""
+    layer = context.job_def.asset_layer
+    failed = []
+    for parent in sorted(layer.get(context.asset_key).parent_keys):
+        partitioned = layer.get(parent).partitions_def is not None and context.has_partition_key
+        partition = context.partition_key if partitioned else None
+        record = context.instance.get_latest_data_version_record(parent, partition_key=partition)
+        if record is None or not record.run_id:
+            continue
+        name = f"{parent.to_user_string()}[{partition}]" if partition else parent.to_user_string()
+        for entry in context.instance.all_logs(
+            record.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            evaluation = entry.dagster_event.event_specific_data if entry.dagster_event else None
+            if (
+                evaluation is not None
+                and evaluation.asset_key == parent
+                and evaluation.blocking
+                and not evaluation.passed
+                and getattr(evaluation, "partition", None) in (None, partition)
+            ):
+                failed.append(f"{name}: {evaluation.check_name}")
+    return sorted(set(failed))
+
+
+def require_passing_upstream_checks(context: AssetExecutionContext) -> None:
+    """Refuse to run on a parent whose latest blocking check failed."""
+    failed = failed_upstream_checks(context)
+    if failed and context.run.tags.get(REPORT_TAG) == "report":
+        context.log.warning(
+            f"going on past failed blocking checks ({'; '.join(failed)}): "
+            f"this run is tagged {REPORT_TAG}=report"
+        )
+    elif failed:
+        raise Failure(
+            description=(
+                f"{context.asset_key.to_user_string()} will not run: the latest evaluation of a "
+                f"blocking check on its input failed ({'; '.join(failed)}). Fix: look at that "
+                "check's result in the Dagster UI, correct the data or config, and materialize "
+                "the failing asset again (its check must pass) before this one."
+            )
+        )
