@@ -97,3 +97,27 @@ def test_raw_writers_share_the_warehouse_pool_with_dbt():
         name for name in pools if name.startswith(("stg_", "int_", "cohort_t", "cohort_m"))
     ]
     assert dbt_models and {pools[name] for name in dbt_models} == {"duckdb"}
+
+
+def test_resources_set_at_launch_override_the_environment_defaults(tmp_path: Path):
+    """Data paths, the model, the device: what a user sets per launch is run config (the
+    launchpad's `resources:` section, or a profile); the environment variables are only the
+    defaults. Here the TJH path, left empty by the environment, is given at launch."""
+    from dagster import DagsterInstance, Definitions
+
+    from definitions import all_assets, build_resources, shared_job
+    from eagrl_pipeline.data.synthetic_tjh import write_synthetic_tjh
+
+    source = write_synthetic_tjh(tmp_path / "tjh.csv", n_patients=30, seed=1)
+    resources = build_resources(str(tmp_path / "home"))
+    assert resources["sources"].tjh_path is None
+    defs = Definitions(assets=all_assets, jobs=[shared_job], resources=resources)
+    result = defs.resolve_job_def("shared_inputs").execute_in_process(
+        instance=DagsterInstance.ephemeral(),
+        asset_selection=[AssetKey("raw_tjh")],
+        run_config={"resources": {"sources": {"config": {"tjh_path": str(source)}}}},
+    )
+    (event,) = result.asset_materializations_for_node("raw_tjh")
+    assert event.metadata["source"].value == "configured"
+    assert event.metadata["input_path"].value == str(source)
+    assert event.metadata["patients"].value == 30
