@@ -5,10 +5,11 @@ nothing changed. (A raw file's change: ``test_staleness.py``.)"""
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from assets import versioning
 from assets.versioning import config_fingerprint, source_version
@@ -21,22 +22,46 @@ EXPERT, RANKING = AssetKey("expert_model"), AssetKey("expert_feature_ranking")
 
 
 @pytest.fixture(scope="module")
-def materialized(experts_run, tmp_path_factory):
-    """Cohorts and experts (the session fixtures) plus the base model, a tiny local one."""
-    from definitions import all_assets
+def materialized(lineage_home, tmp_path_factory):
+    """A copy of the session's home (warehouse and cohorts), its own instance, and in it: the
+    cohort, the experts and the base model (a tiny local one), so no other test's runs can
+    change what these tests plan."""
+    from conftest import EXPERTS_RUN_CONFIG
+
+    from definitions import all_assets, build_resources, defs
     from eagrl_pipeline.llm.tiny_model import build_tiny_qwen2
     from resources import LanguageModel
 
-    _, lineage = experts_run
+    home = tmp_path_factory.mktemp("remat") / "home"
+    shutil.copytree(lineage_home["home"], home)
     model_dir = build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2", seed=0)
-    resources = {**lineage["resources"], "llm": LanguageModel(path=str(model_dir))}
-    result = materialize(
-        all_assets,
-        selection=[MODEL],
-        resources=resources,
-        instance=lineage["instance"],
-    )
-    assert result.success
+    resources = {
+        **build_resources(str(home)),
+        "sources": lineage_home["resources"]["sources"],
+        "llm": LanguageModel(path=str(model_dir)),
+    }
+    instance = DagsterInstance.ephemeral()
+    # The shared stages (raw, dbt) as the session materialized them: their events, tags
+    # (code and data versions, provenance) included, so the copy's lineage is up to date.
+    source = lineage_home["instance"]
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        event = source.get_latest_materialization_event(key)
+        if event is not None and event.asset_materialization.partition is None:
+            instance.report_runless_asset_event(event.asset_materialization)
+    for selection, partition, config in (
+        ([COHORT, EXPERT, RANKING], PARTITION, EXPERTS_RUN_CONFIG),
+        ([MODEL], None, None),
+    ):
+        result = materialize(
+            all_assets,
+            selection=selection,
+            partition_key=partition,
+            resources=resources,
+            instance=instance,
+            run_config=config,
+        )
+        assert result.success
+    lineage = {"home": home, "instance": instance}
     return lineage, resources, tmp_path_factory
 
 
