@@ -17,6 +17,7 @@ for _name, _value in {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "EAGRL_PROGRESS": "0",  # no progress bars in test logs
     # hypothesis keeps its example database and caches here, not in the working directory
     "HYPOTHESIS_STORAGE_DIRECTORY": str(Path(tempfile.gettempdir()) / "eagrl-hypothesis"),
 }.items():

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from eagrl_pipeline.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
@@ -656,18 +658,22 @@ def run_search_resumable(
             len(patients),
         )
 
+    bar = progress_bar(len(pending), "MCTS", "patient")
+
     def record(result: SearchResult) -> None:
         _append_line(path, result)
         done[result.patient_key] = result
+        bar.update(1)
         if on_patient_done is not None:
             on_patient_done(result)
 
-    for start in range(0, len(pending), batch_patients):
-        run_search(
-            pending[start : start + batch_patients],
-            proposer,
-            scorer,
-            config,
-            on_patient_done=record,
-        )
+    with bar:
+        for start in range(0, len(pending), batch_patients):
+            run_search(
+                pending[start : start + batch_patients],
+                proposer,
+                scorer,
+                config,
+                on_patient_done=record,
+            )
     return [done[p.key] for p in patients]

@@ -21,6 +21,7 @@ from typing import Any
 
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
+from eagrl_pipeline.progress import progress_enabled
 
 Record = dict[str, Any]
 
@@ -106,7 +107,7 @@ def run_args(
         "use_cpu": device == "cpu",
         "report_to": list(report_to),
         "dataloader_num_workers": 0,
-        "disable_tqdm": True,
+        "disable_tqdm": not progress_enabled(),  # a bar over the steps on stderr
         **precision_flags(precision),
     }
 
