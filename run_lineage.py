@@ -14,6 +14,7 @@ the assets a run selects and whose ``resources`` entries to every run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
 RAW_NAMES = [k.to_user_string() for k in RAW]
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 EVENT_LOG = Path(EAGRL_HOME) / "logs" / "dagster_events.log"
+STEP_OUTPUT = Path(EAGRL_HOME) / "logs" / "step_output.log"
 # The console gets warnings and errors (and one line per step, printed here); every event, DEBUG
 # included, goes to EVENT_LOG.
 LOGGERS = {
@@ -111,13 +113,17 @@ def _execute(
     record: Pass,
 ) -> bool:
     run_config = {**run_config_for(record.profile, keys), "loggers": LOGGERS}
-    result = defs.resolve_job_def(job).execute_in_process(
-        instance=instance,
-        partition_key=partition,
-        asset_selection=keys,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    STEP_OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    # What steps print to stdout (dbt re-emits every event of its build there) goes to a file;
+    # Dagster's console logger and the progress bars write to stderr and stay on screen.
+    with STEP_OUTPUT.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            asset_selection=keys,
+            run_config=run_config,
+            raise_on_error=False,
+        )
     _print_steps(result, label)
     failing = [c for c in result.get_asset_check_evaluations() if not c.passed]
     bad = [c.check_name for c in failing if c.severity == AssetCheckSeverity.ERROR]
@@ -137,35 +143,36 @@ def _execute(
 
 
 def _print_steps(result: Any, label: str) -> None:
-    """One console line per step: the asset, its partition, seconds and a few metadata values."""
+    """One console line per step: its asset (or, for a step that materializes many, such as the
+    dbt build, how many), seconds, status and a few numeric metadata values."""
     seconds: dict[str, float] = {}
     status: dict[str, str] = {}
+    materialized: dict[str, list[Any]] = {}
     for event in result.all_events:
-        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key:
-            data = event.event_specific_data
-            seconds[event.step_key] = getattr(data, "duration_ms", None) or 0.0
-            status[event.step_key] = "ok" if event.event_type_value == "STEP_SUCCESS" else "FAILED"
-    for event in result.all_events:
-        if event.event_type_value != "ASSET_MATERIALIZATION":
+        if not event.step_key:
             continue
-        materialization = event.event_specific_data.materialization
-        shown = [
-            f"{k}={_value(v)}"
-            for k, v in (materialization.metadata or {}).items()
-            if isinstance(getattr(v, "value", v), int | float) and not isinstance(v, bool)
-        ][:4]
-        step = event.step_key or ""
+        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            seconds[event.step_key] = getattr(event.event_specific_data, "duration_ms", 0) or 0
+            status[event.step_key] = "ok" if event.event_type_value == "STEP_SUCCESS" else "FAILED"
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            materialized.setdefault(event.step_key, []).append(materialization)
+    for step, state in status.items():
+        events = materialized.get(step, [])
+        if len(events) == 1:
+            name = events[0].asset_key.to_user_string()
+            shown = [
+                f"{k}={_value(v)}"
+                for k, v in (events[0].metadata or {}).items()
+                if isinstance(getattr(v, "value", v), int | float) and not isinstance(v, bool)
+            ][:4]
+        else:
+            name, shown = step, [f"{len(events)} assets"] if events else []
         print(
-            f"[step] {label:<21} {materialization.asset_key.to_user_string():<24} "
-            f"{seconds.get(step, 0.0) / 1000:7.1f} s  {status.get(step, 'ok'):<6} "
+            f"[step] {label:<21} {name:<24} {seconds.get(step, 0) / 1000:7.1f} s  {state:<6} "
             + ", ".join(shown),
             flush=True,
         )
-        status[step] = "reported"
-    for step, state in status.items():
-        if state == "FAILED":
-            took = seconds[step] / 1000
-            print(f"[step] {label:<21} {step:<24} {took:7.1f} s  FAILED", flush=True)
 
 
 def _value(metadata: object) -> str:
@@ -276,6 +283,7 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     print(f"MLflow store:        {Path(EAGRL_HOME) / 'mlflow'}  (make mlflow opens the UI)")
     print(f"Dagster instance:    {Path(EAGRL_HOME) / 'dagster'}  (make dev opens the UI)")
     print(f"full event log:      {EVENT_LOG}")
+    print(f"steps' own output:   {STEP_OUTPUT}")
     redone = sorted({a for assets in second.materialized.values() for a in assets} - set(RAW_NAMES))
     print(f"\nwall time, first run:            {first.seconds:.1f} s")
     print(
@@ -293,7 +301,11 @@ def main() -> int:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
     print(f"[profile] {name}: {PROFILES_DIR / (name + '.yaml')}", flush=True)
-    print(f"[log] every Dagster event goes to {EVENT_LOG}", flush=True)
+    print(
+        f"[log] every Dagster event goes to {EVENT_LOG}; what steps print (dbt's build log) "
+        f"to {STEP_OUTPUT}",
+        flush=True,
+    )
     instance = DagsterInstance.get()
     first = lineage_pass(instance, profile)
     print("\n== second pass: nothing changed, so nothing should be redone ==", flush=True)

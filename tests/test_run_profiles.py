@@ -129,3 +129,4 @@ def test_make_run_console_shows_one_line_per_step_and_the_file_keeps_every_event
     assert " - DEBUG - " not in console and "STEP_START" not in console
     log = (home / "logs" / "dagster_events.log").read_text()
     assert "STEP_START" in log and "raw_tjh" in log and "DEBUG" in log
+    assert (home / "logs" / "step_output.log").exists()
