@@ -46,7 +46,7 @@ from resources import (  # noqa: E402
     Warehouse,
     dbt_resource,
 )
-from resources.run_log import file_logger  # noqa: E402
+from resources.run_log import file_logger, step_lines_logger  # noqa: E402
 
 # The manifest is a build product: prepare it when it is missing (CI has no `dagster dev`).
 if not DBT_PROJECT.manifest_path.exists():
@@ -122,5 +122,9 @@ defs = Definitions(
     ],
     resources=build_resources(EAGRL_HOME),
     # Every run logs to the console and, in full, to $EAGRL_HOME/logs/dagster_events.log.
-    loggers={"console": colored_console_logger, "file": file_logger},
+    loggers={
+        "console": colored_console_logger,
+        "file": file_logger,
+        "steps": step_lines_logger,
+    },
 )

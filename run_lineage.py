@@ -37,8 +37,8 @@ RAW_NAMES = [k.to_user_string() for k in RAW]
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 EVENT_LOG = Path(EAGRL_HOME) / "logs" / "dagster_events.log"
 STEP_OUTPUT = Path(EAGRL_HOME) / "logs" / "step_output.log"
-# The console gets warnings and errors (and one line per step, printed here); every event, DEBUG
-# included, goes to EVENT_LOG.
+# The console gets warnings and errors and one line as each step ends (the steps logger); every
+# event, DEBUG included, goes to EVENT_LOG.
 LOGGERS = {
     "console": {"config": {"log_level": "WARNING"}},
     "file": {"config": {"path": str(EVENT_LOG), "log_level": "DEBUG"}},
@@ -112,7 +112,8 @@ def _execute(
     label: str,
     record: Pass,
 ) -> bool:
-    run_config = {**run_config_for(record.profile, keys), "loggers": LOGGERS}
+    loggers = {**LOGGERS, "steps": {"config": {"label": label}}}
+    run_config = {**run_config_for(record.profile, keys), "loggers": loggers}
     STEP_OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     # What steps print to stdout (dbt re-emits every event of its build there) goes to a file;
     # Dagster's console logger and the progress bars write to stderr and stay on screen.
@@ -124,7 +125,6 @@ def _execute(
             run_config=run_config,
             raise_on_error=False,
         )
-    _print_steps(result, label)
     failing = [c for c in result.get_asset_check_evaluations() if not c.passed]
     bad = [c.check_name for c in failing if c.severity == AssetCheckSeverity.ERROR]
     warned = [
@@ -140,39 +140,6 @@ def _execute(
     if not result.success or bad:
         record.failed[label] = bad or [f"run failed (the error is above; every event: {EVENT_LOG})"]
     return result.success
-
-
-def _print_steps(result: Any, label: str) -> None:
-    """One console line per step: its asset (or, for a step that materializes many, such as the
-    dbt build, how many), seconds, status and a few numeric metadata values."""
-    seconds: dict[str, float] = {}
-    status: dict[str, str] = {}
-    materialized: dict[str, list[Any]] = {}
-    for event in result.all_events:
-        if not event.step_key:
-            continue
-        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            seconds[event.step_key] = getattr(event.event_specific_data, "duration_ms", 0) or 0
-            status[event.step_key] = "ok" if event.event_type_value == "STEP_SUCCESS" else "FAILED"
-        elif event.event_type_value == "ASSET_MATERIALIZATION":
-            materialization = event.event_specific_data.materialization
-            materialized.setdefault(event.step_key, []).append(materialization)
-    for step, state in status.items():
-        events = materialized.get(step, [])
-        if len(events) == 1:
-            name = events[0].asset_key.to_user_string()
-            shown = [
-                f"{k}={_value(v)}"
-                for k, v in (events[0].metadata or {}).items()
-                if isinstance(getattr(v, "value", v), int | float) and not isinstance(v, bool)
-            ][:4]
-        else:
-            name, shown = step, [f"{len(events)} assets"] if events else []
-        print(
-            f"[step] {label:<21} {name:<24} {seconds.get(step, 0) / 1000:7.1f} s  {state:<6} "
-            + ", ".join(shown),
-            flush=True,
-        )
 
 
 def _value(metadata: object) -> str:
@@ -209,11 +176,15 @@ def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any]) -> Pass:
 
 
 def _report(label: str, todo: dict[AssetKey, str]) -> None:
+    """What a pass will materialize, one line per reason (a first run: one "missing" line)."""
     if not todo:
         print(f"[plan] {label}: up to date", flush=True)
         return
+    by_reason: dict[str, list[str]] = {}
     for key, why in todo.items():
-        print(f"[plan] {label}: {key.to_user_string()} ({why})", flush=True)
+        by_reason.setdefault(why, []).append(key.to_user_string())
+    for why, names in by_reason.items():
+        print(f"[plan] {label}: {why}: {', '.join(names)}", flush=True)
 
 
 def _read_json(path: Path) -> dict | None:
