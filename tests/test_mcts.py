@@ -464,17 +464,18 @@ def test_hf_search_prefill_per_unique_prompt_token(tiny) -> None:
 
 
 def test_the_search_shows_a_progress_bar_over_patients_unless_turned_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """On the process's own stderr (fd 2): Dagster captures a step's sys.stderr."""
     config = MCTSConfig(n_simulations=2, branching=2, max_depth=1)
     monkeypatch.setenv("EAGRL_PROGRESS", "1")
     run_search_resumable(
         PATIENTS, FakeProposer(), FakeScorer(), config, checkpoint_path=tmp_path / "a.jsonl"
     )
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "MCTS:" in err and "/6 " in err and "patient" in err
     monkeypatch.setenv("EAGRL_PROGRESS", "0")
     run_search_resumable(
         PATIENTS, FakeProposer(), FakeScorer(), config, checkpoint_path=tmp_path / "b.jsonl"
     )
-    assert "MCTS" not in capsys.readouterr().err
+    assert "MCTS" not in capfd.readouterr().err

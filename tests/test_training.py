@@ -374,3 +374,25 @@ def test_fused_head_scores_only_completions_with_the_same_log_probs(tiny_dir: Pa
     assert len(completions_only[2]) == len(every_position[2]) > 0
     for a, b in zip(completions_only[2], every_position[2], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_training_progress_draws_a_bar_over_the_optimizer_steps(monkeypatch, capfd):
+    """SFT and GRPO show a bar on the process's stderr (the trainers' own tqdm is off)."""
+    from types import SimpleNamespace
+
+    from eagrl_pipeline.progress import training_progress
+
+    monkeypatch.setenv("EAGRL_PROGRESS", "1")
+    callback = training_progress("SFT")
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=5, global_step=0)
+    callback.on_train_begin(None, state, None)
+    for _ in range(5):
+        callback.on_step_end(None, state, None)
+    callback.on_train_end(None, state, None)
+    err = capfd.readouterr().err
+    assert "SFT:" in err and "/5 " in err and "step" in err
+    monkeypatch.setenv("EAGRL_PROGRESS", "0")
+    quiet = training_progress("GRPO")
+    quiet.on_train_begin(None, state, None)
+    quiet.on_train_end(None, state, None)
+    assert "GRPO" not in capfd.readouterr().err

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import LogitsProcessorList
 
 from eagrl_pipeline.llm.guided import ResponseScaffold, ScaffoldConfig
+from eagrl_pipeline.progress import training_progress
 from eagrl_pipeline.prompts.features import FeatureMatcher
 from eagrl_pipeline.rewards import RewardWeights, make_trl_reward_functions
 from eagrl_pipeline.training.adaptive_clip import AdaptiveClipConfig, AdaptiveClipGRPOTrainer
@@ -355,7 +356,7 @@ def train_grpo(
         ),
         train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, training_progress("GRPO")],
         adaptive_clip=settings.clip_config(),
         scaffold=settings.scaffold if settings.guided_generation else None,
         guided_steps=settings.guided_steps,

@@ -21,7 +21,7 @@ from typing import Any
 
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
-from eagrl_pipeline.progress import progress_enabled
+from eagrl_pipeline.progress import training_progress
 
 Record = dict[str, Any]
 
@@ -107,7 +107,7 @@ def run_args(
         "use_cpu": device == "cpu",
         "report_to": list(report_to),
         "dataloader_num_workers": 0,
-        "disable_tqdm": not progress_enabled(),  # a bar over the steps on stderr
+        "disable_tqdm": True,  # eagrl_pipeline.progress draws the bar (on the real stderr)
         **precision_flags(precision),
     }
 
@@ -362,7 +362,7 @@ def train_sft(
         eval_dataset=Dataset.from_list([conversation(r) for r in eval_records]),
         processing_class=tokenizer,
         peft_config=settings.lora.peft_config(),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, training_progress("SFT")],
     )
     for name, data in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if len(data) == 0:  # trl drops examples whose prompt alone fills max_length
