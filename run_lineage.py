@@ -49,9 +49,18 @@ class ProfileError(Exception):
     """A run profile that cannot be used here: the message names the file and the fix."""
 
 
+def profile_path(name: str) -> Path:
+    """``profiles/<name>.yaml``, or ``name`` itself when it is a path to a YAML file (a user's
+    own profile outside the repository)."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return Path(name).expanduser()
+    return PROFILES_DIR / f"{name}.yaml"
+
+
 def load_profile(name: str) -> dict[str, Any]:
-    """``profiles/<name>.yaml`` as Dagster run config (``ops`` and ``resources`` only)."""
-    path = PROFILES_DIR / f"{name}.yaml"
+    """The profile ``name`` (see ``profile_path``) as Dagster run config (``ops`` and
+    ``resources`` only)."""
+    path = profile_path(name)
     known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
     if not path.is_file():
         raise ProfileError(f"{path}: no such run profile. Fix: use one of {known} (PROFILE=...).")
@@ -88,7 +97,7 @@ def check_device(profile: Mapping[str, Any], name: str) -> None:
 
         if not torch.cuda.is_available():
             raise ProfileError(
-                f"profile {name!r} ({PROFILES_DIR / (name + '.yaml')}) runs on device "
+                f"profile {name!r} ({profile_path(name)}) runs on device "
                 f"{device!r}, but torch sees no CUDA GPU here (torch {torch.__version__}, "
                 f"CUDA build: {torch.version.cuda or 'none'}). Fix: run it on a GPU machine with "
                 "a CUDA build of torch, or use PROFILE=cpu."
@@ -271,7 +280,7 @@ def main() -> int:
     except ProfileError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
-    print(f"[profile] {name}: {PROFILES_DIR / (name + '.yaml')}", flush=True)
+    print(f"[profile] {name}: {profile_path(name)}", flush=True)
     print(
         f"[log] every Dagster event goes to {EVENT_LOG}; what steps print (dbt's build log) "
         f"to {STEP_OUTPUT}",

@@ -130,3 +130,11 @@ def test_make_run_console_shows_one_line_per_step_and_the_file_keeps_every_event
     log = (home / "logs" / "dagster_events.log").read_text()
     assert "STEP_START" in log and "raw_tjh" in log and "DEBUG" in log
     assert (home / "logs" / "step_output.log").exists()
+
+
+def test_a_profile_can_be_a_users_own_file(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text(yaml.safe_dump({"ops": {"evaluation_report": {"config": {"batch_size": 8}}}}))
+    assert load_profile(str(own))["ops"]["evaluation_report"]["config"]["batch_size"] == 8
+    with pytest.raises(ProfileError, match=r"missing.yaml: no such run profile"):
+        load_profile(str(tmp_path / "missing.yaml"))
