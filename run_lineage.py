@@ -272,15 +272,34 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     )
 
 
-def main() -> int:
+def plan(instance: DagsterInstance, profile: Mapping[str, Any]) -> None:
+    """What a pass would materialize and why, without running anything (`make plan`). The raw
+    inputs are not re-fingerprinted: a changed raw file shows only once `make run` reads it."""
+    planned = planned_fingerprints(defs, profile, EAGRL_HOME)
+    shared = [k for k in job_asset_keys(defs, "shared_inputs") if k not in RAW]
+    _report("shared", stale_or_missing(instance, defs, shared, planned=planned))
+    keys = job_asset_keys(defs, "partition_lineage")
+    for partition in COHORTS:
+        todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
+        _report(partition, todo)
+    cross = job_asset_keys(defs, "cross_dataset_report")
+    _report("cross-dataset", stale_or_missing(instance, defs, cross, planned=planned))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     name = os.environ.get("PROFILE") or os.environ.get("EAGRL_PROFILE") or "cpu"
     try:
         profile = load_profile(name)
-        check_device(profile, name)
+        if "--plan" not in argv:
+            check_device(profile, name)
     except ProfileError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
     print(f"[profile] {name}: {profile_path(name)}", flush=True)
+    if "--plan" in argv:
+        plan(DagsterInstance.get(), profile)
+        return 0
     print(
         f"[log] every Dagster event goes to {EVENT_LOG}; what steps print (dbt's build log) "
         f"to {STEP_OUTPUT}",

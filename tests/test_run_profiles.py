@@ -138,3 +138,21 @@ def test_a_profile_can_be_a_users_own_file(tmp_path):
     assert load_profile(str(own))["ops"]["evaluation_report"]["config"]["batch_size"] == 8
     with pytest.raises(ProfileError, match=r"missing.yaml: no such run profile"):
         load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_make_plan_says_what_would_run_and_runs_nothing(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "EAGRL_HOME": str(tmp_path / "home"), "PROFILE": "cpu"}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster")
+    (tmp_path / "dagster").mkdir()
+    done = subprocess.run(
+        [sys.executable, "run_lineage.py", "--plan"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = [line for line in done.stdout.splitlines() if line.startswith("[plan]")]
+    assert any("tjh-mortality: missing:" in line and "rl_checkpoint" in line for line in plan)
+    assert any("cross-dataset: missing: generalization_report" in line for line in plan)
+    assert not (tmp_path / "home" / "artifacts").exists()
