@@ -585,9 +585,11 @@ def mcts_trajectories(
         seed=config.seed,
     )
     out_dir = home.artifact_dir("mcts_trajectories", partition)
-    # The checkpoint is keyed by the search settings, so a resumed run never mixes settings.
+    # The checkpoint is keyed by the search settings and the code version, so a resumed run
+    # never mixes settings, or results of other code.
+    code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
     settings = json.dumps(
-        {**config.model_dump(), "model": str(llm.model_dir(home.root)), "format": 2}
+        {**config.model_dump(), "model": str(llm.model_dir(home.root)), "code": code_version}
     )
     checkpoint = out_dir / f"search-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.jsonl"
     results = run_search_resumable(

@@ -1,6 +1,7 @@
 """Training: the stage-1 SFT adapter on the MCTS trajectories, then the stage-2 GRPO adapter with
 the EAG-RL reward and the entropy-aware adaptive clip. Both log to MLflow and are gated."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -209,6 +210,10 @@ class RLCheckpointConfig(Config):
         return self
 
 
+def _code_version(context: AssetExecutionContext) -> str:
+    return context.assets_def.code_versions_by_key.get(context.asset_key) or ""
+
+
 def _matcher(warehouse: Warehouse, dataset: str) -> tuple[list[str], dict[str, str]]:
     dictionary = feature_dictionary(warehouse, dataset)
     return dictionary["feature_name"].tolist(), dictionary_aliases(dictionary, dataset)
@@ -397,7 +402,7 @@ def sft_checkpoint(
     records = read_trajectories(
         home.artifact_dir("mcts_trajectories", partition) / "trajectories.jsonl"
     )
-    settings = config.settings()
+    settings = dataclasses.replace(config.settings(), code_version=_code_version(context))
     train, held_out = split_by_patient(records, settings.eval_fraction, settings.seed)
     device = compute.configure_torch(llm=True)
     precision = compute.resolved_precision()
@@ -499,7 +504,7 @@ def rl_checkpoint(
     from eagrl_pipeline.training.grpo import grpo_row
     from eagrl_pipeline.training.launch import grpo_spec
 
-    settings = config.settings()
+    settings = dataclasses.replace(config.settings(), code_version=_code_version(context))
     settings.validate(compute.num_processes)
     partition = context.partition_key
     dataset, _ = split_partition(partition)

@@ -3,6 +3,7 @@ interrupted run resumes, and bad settings fail before any model is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -130,6 +131,25 @@ def test_interrupted_sft_resumes_from_its_checkpoint(tiny_dir: Path, tmp_path: P
     out = train_sft(tiny_dir, train, held_out, settings, tmp_path)
     assert out.resumed_from is not None and out.resumed_from.endswith("checkpoint-2")
     assert out.global_step == 4 and (out.adapter_dir / "adapter_config.json").exists()
+
+
+def test_a_checkpoint_of_other_code_is_never_resumed(tiny_dir: Path, tmp_path: Path) -> None:
+    """The asset passes its code version: after a code change the run starts afresh (a
+    finished run of the old code would otherwise be "resumed" as done, training nothing)."""
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash")
+
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    old = SFTSettings(max_steps=4, save_steps=2, code_version="old")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sft(tiny_dir, train, held_out, old, tmp_path, callbacks=[Crash()])
+    new = dataclasses.replace(old, code_version="new")
+    out = train_sft(tiny_dir, train, held_out, new, tmp_path)
+    assert out.resumed_from is None and out.global_step == 4
 
 
 def _rows() -> list[dict]:

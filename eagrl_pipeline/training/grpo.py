@@ -74,6 +74,9 @@ class GRPOSettings:
     guided_generation: bool = True
     guided_steps: int = 1
     scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
+    # The calling stage's code version: part of the run fingerprint, so a resumable checkpoint
+    # written by other code is never resumed (it would skip training a finished run).
+    code_version: str = ""
 
     def __post_init__(self) -> None:
         # A spec written with asdict() (launch.py, for accelerate launch) brings the scaffold back

@@ -67,6 +67,9 @@ class SFTSettings:
     merge_adapter: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     answer_loss_weight: float = 1.0
+    # The calling stage's code version: part of the run fingerprint, so a resumable checkpoint
+    # written by other code is never resumed (it would skip training a finished run).
+    code_version: str = ""
 
     def __post_init__(self) -> None:
         if self.answer_loss_weight <= 0:
