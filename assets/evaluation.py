@@ -51,6 +51,7 @@ from eagrl_pipeline.evaluation.report import ModelPredictions, build_report, wri
 from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
 from eagrl_pipeline.experts import load_expert
 from eagrl_pipeline.paths import atomic_path
+from eagrl_pipeline.progress import progress_bar
 from eagrl_pipeline.prompts import FeatureMatcher
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
 
@@ -258,20 +259,23 @@ def answer_prompts(
     """Load each policy once (the base model, merged with its adapter when one is given), answer
     its jobs, and free it before the next, so only one model is ever in memory."""
     out: dict[tuple[str, str], dict[float, LLMAnswers]] = {}
-    for adapter, jobs in loads:
-        started = time.monotonic()
-        model, tokenizer = llm.load(home.root, device, adapter_dir=adapter)
-        for job in jobs:
-            out[(job.target, job.name)] = llm_predictions(
-                job.name, model, tokenizer, job.prompts, job.matcher, job.expert_top_k, settings
+    total = sum(len(p) for _, jobs in loads for job in jobs for p in job.prompts.values())
+    with progress_bar(total, "answers", "answer") as bar:
+        for adapter, jobs in loads:
+            started = time.monotonic()
+            model, tokenizer = llm.load(home.root, device, adapter_dir=adapter)
+            for job in jobs:
+                out[(job.target, job.name)] = llm_predictions(
+                    job.name, model, tokenizer, job.prompts, job.matcher, job.expert_top_k, settings
+                )
+                bar.update(sum(len(p) for p in job.prompts.values()))
+            del model, tokenizer
+            _release_memory()
+            n = sum(len(p) for job in jobs for p in job.prompts.values())
+            context.log.info(
+                f"{', '.join(sorted({j.name for j in jobs}))} (adapter {adapter or 'none'}): "
+                f"{n} answers in {time.monotonic() - started:.1f}s"
             )
-        del model, tokenizer
-        _release_memory()
-        n = sum(len(p) for job in jobs for p in job.prompts.values())
-        context.log.info(
-            f"{', '.join(sorted({j.name for j in jobs}))} (adapter {adapter or 'none'}): "
-            f"{n} answers in {time.monotonic() - started:.1f}s"
-        )
     return out
 
 
