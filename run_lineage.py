@@ -156,17 +156,23 @@ def _value(metadata: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any]) -> Pass:
-    """One pass over the lineage, materializing only what is missing or stale."""
+def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any], dry: bool = False) -> Pass:
+    """One pass over the lineage, materializing only what is missing or stale. ``dry`` (`make
+    plan`) prints the plan and runs nothing: the raw inputs are not re-fingerprinted then, so a
+    changed raw file shows only once `make run` reads it."""
     record, started = Pass(profile), time.monotonic()
-    if not _execute(instance, "shared_inputs", RAW, None, "raw", record):
+
+    def run(job: str, keys: list[AssetKey], partition: str | None, label: str) -> bool:
+        return dry or _execute(instance, job, keys, partition, label, record)
+
+    if not run("shared_inputs", RAW, None, "raw"):
         record.seconds = time.monotonic() - started
         return record
     planned = planned_fingerprints(defs, profile, EAGRL_HOME)
     shared = [k for k in job_asset_keys(defs, "shared_inputs") if k not in RAW]
     todo = stale_or_missing(instance, defs, shared, planned=planned)
     _report("shared", todo)
-    if todo and not _execute(instance, "shared_inputs", list(todo), None, "shared", record):
+    if todo and not run("shared_inputs", list(todo), None, "shared"):
         record.seconds = time.monotonic() - started
         return record
     for partition in COHORTS:
@@ -174,12 +180,12 @@ def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any]) -> Pass:
         todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
         _report(partition, todo)
         if todo:
-            _execute(instance, "partition_lineage", list(todo), partition, partition, record)
+            run("partition_lineage", list(todo), partition, partition)
     cross = job_asset_keys(defs, "cross_dataset_report")
     todo = stale_or_missing(instance, defs, cross, planned=planned)
     _report("cross-dataset", todo)
     if todo:
-        _execute(instance, "cross_dataset_report", list(todo), None, "cross-dataset", record)
+        run("cross_dataset_report", list(todo), None, "cross-dataset")
     record.seconds = time.monotonic() - started
     return record
 
@@ -272,20 +278,6 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     )
 
 
-def plan(instance: DagsterInstance, profile: Mapping[str, Any]) -> None:
-    """What a pass would materialize and why, without running anything (`make plan`). The raw
-    inputs are not re-fingerprinted: a changed raw file shows only once `make run` reads it."""
-    planned = planned_fingerprints(defs, profile, EAGRL_HOME)
-    shared = [k for k in job_asset_keys(defs, "shared_inputs") if k not in RAW]
-    _report("shared", stale_or_missing(instance, defs, shared, planned=planned))
-    keys = job_asset_keys(defs, "partition_lineage")
-    for partition in COHORTS:
-        todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
-        _report(partition, todo)
-    cross = job_asset_keys(defs, "cross_dataset_report")
-    _report("cross-dataset", stale_or_missing(instance, defs, cross, planned=planned))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = os.environ.get("PROFILE") or os.environ.get("EAGRL_PROFILE") or "cpu"
@@ -298,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"[profile] {name}: {profile_path(name)}", flush=True)
     if "--plan" in argv:
-        plan(DagsterInstance.get(), profile)
+        lineage_pass(DagsterInstance.get(), profile, dry=True)
         return 0
     print(
         f"[log] every Dagster event goes to {EVENT_LOG}; what steps print (dbt's build log) "

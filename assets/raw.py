@@ -86,8 +86,9 @@ def _snapshot(
     snapshot: Path,
     settings: dict[str, Any],
     write: Callable[[], dict[str, Any]],
+    described: dict[str, Any],
 ) -> MaterializeResult:
-    """Snapshot ``files`` with ``write`` (which returns the metadata) unless the last snapshot
+    """Snapshot ``files`` with ``write`` (which returns what it counted) unless the last snapshot
     read the same files: same names, sizes and mtimes (nothing is read then), or the same bytes
     (read once, to hash). Either way the data version hashes the content fingerprint, the reader's
     code version and ``settings``, so an unchanged input marks nothing below it stale."""
@@ -108,6 +109,7 @@ def _snapshot(
             metadata, reused = write(), "no"
     metadata = {
         **metadata,
+        **described,  # where the input is now (a reused snapshot may have been read elsewhere)
         "fingerprint": content,
         "stat_fingerprint": stat,
         "settings_fingerprint": settings_fingerprint,
@@ -141,16 +143,18 @@ def raw_tjh(context: AssetExecutionContext, home: EagrlHome, sources: EhrSources
         dated = table.dropna(subset=["re_date"])
         context.log.info(f"raw_tjh: {len(table)} rows from {path} -> {target}")
         return {
-            "source": origin,
-            "input_path": MetadataValue.path(str(path)),
-            "snapshot": MetadataValue.path(str(target)),
             "rows": len(table),
             "rows_without_re_date": int(table["re_date"].isna().sum()),
             "patients": int(table["patient_id"].nunique()),
             "patients_with_reports": int(dated["patient_id"].nunique()),
         }
 
-    return _snapshot(context, [path], None, target, {"source": origin}, write)
+    described = {
+        "source": origin,
+        "input_path": MetadataValue.path(str(path)),
+        "snapshot": MetadataValue.path(str(target)),
+    }
+    return _snapshot(context, [path], None, target, {"source": origin}, write, described)
 
 
 def _item_ids(seed: str) -> list[int]:
@@ -185,12 +189,12 @@ def raw_mimic_iv(context: AssetExecutionContext, home: EagrlHome, sources: EhrSo
         snapshot_settings = {k: v for k, v in settings.items() if k != "source"}
         counts = mimic_iv.snapshot_mimic_iv(root, target, **snapshot_settings)
         context.log.info(f"raw_mimic_iv: snapshot of {root}: {counts}")
-        return {
-            "source": origin,
-            "input_path": MetadataValue.path(str(root)),
-            "snapshot": MetadataValue.path(str(target)),
-            "feature_set": sources.mimic_iv_feature_set,
-            **{f"rows_{table}": n for table, n in counts.items()},
-        }
+        return {f"rows_{table}": n for table, n in counts.items()}
 
-    return _snapshot(context, list(paths.values()), root, target, settings, write)
+    described = {
+        "source": origin,
+        "input_path": MetadataValue.path(str(root)),
+        "snapshot": MetadataValue.path(str(target)),
+        "feature_set": sources.mimic_iv_feature_set,
+    }
+    return _snapshot(context, list(paths.values()), root, target, settings, write, described)
