@@ -124,6 +124,12 @@ class PromptsConfig(Config):
         "sub-questions word for word; it also costs about 150 tokens per prompt.",
     )
 
+    flag_abnormal: bool = Field(
+        default=False,
+        description="Write each shown value's place against the feature's reference range "
+        "after it ('480 (high)'): dictionary knowledge, the same for every patient.",
+    )
+
     @field_validator("feature_filter")
     @classmethod
     def _known_filter(cls, value: str) -> str:
@@ -155,6 +161,7 @@ class PromptsConfig(Config):
             max_features=self.max_features,
             min_features=self.min_features,
             visit_selection=self.visit_selection,  # type: ignore[arg-type]
+            flag_abnormal=self.flag_abnormal,
         )
 
 

@@ -110,6 +110,38 @@ def test_hand_checked_patient(dictionary: pd.DataFrame) -> None:
     assert prompt.n_tokens == heuristic_token_count(prompt.text)
 
 
+def test_flag_abnormal_places_each_value_against_its_own_range(dictionary: pd.DataFrame) -> None:
+    prompt = _patient7(dictionary, PromptConfig(flag_abnormal=True))
+    lines = prompt.user.split("\n")
+    assert "(NaN = not measured; low/normal/high against the reference range):" in lines[4]
+    assert lines[5:10] == [
+        "- Lactate dehydrogenase (Unit: U/L. Reference range: 120-250): "
+        "[310 (high), NaN, 1235 (high)]",
+        # The male range of a sex-specific one: 128 is low for a man (130-175).
+        "- Hemoglobin (Unit: g/L. Reference range: 130-175): [128 (low), 121.5 (low), 119.3 (low)]",
+        "- pH value (Reference range: 7.35-7.45): [7.401 (normal), NaN, 7.3 (low)]",
+        "- Mystery marker: [0.0001235, 2, NaN]",  # no range: no flag
+        "- Ferritin (Unit: µg/L): [NaN, 2074, NaN]",
+    ]
+    plain = _patient7(dictionary)
+    assert plain.features_shown == prompt.features_shown
+    # Flags cost tokens: the budget check counts them, so a budget that fits the plain prompt's
+    # minimum does not pass for a flagged one.
+    specs = feature_specs(dictionary, "tjh", list(_visits().columns))
+    assert minimum_budget(specs, "tjh", "mortality", PromptConfig(flag_abnormal=True)) > (
+        minimum_budget(specs, "tjh", "mortality", PromptConfig())
+    )
+
+
+def test_flagged_lines_stay_feature_lines_for_the_parsers(dictionary: pd.DataFrame) -> None:
+    from eagrl_pipeline.evaluation.robustness import count_feature_lines
+    from eagrl_pipeline.llm.guided import prompt_feature_names
+
+    prompt = _patient7(dictionary, PromptConfig(flag_abnormal=True))
+    assert count_feature_lines(prompt.user) == 6
+    assert prompt_feature_names(prompt.user) == prompt.features_shown
+
+
 def test_female_range_unknown_sex_and_readmission_task(dictionary: pd.DataFrame) -> None:
     visits = _visits()
     specs = feature_specs(dictionary, "tjh", list(visits.columns))

@@ -81,6 +81,10 @@ _INSTRUCTIONS = (
 
 _HEURISTIC_TOKEN = re.compile(r"\d|[^\W\d_]{1,6}|[^\w\s]")  # a letter run of n: ceil(n/6) hits
 _SEX_RANGE = re.compile(r"^\s*(.+?)\s*\(male\)\s*,\s*(.+?)\s*\(female\)\s*$", re.IGNORECASE)
+_NUMBER = r"([-+]?\d+(?:\.\d+)?)"
+_RANGE = re.compile(rf"^\s*{_NUMBER}\s*(?:-|–|~|to)\s*{_NUMBER}\s*$")
+_UPPER = re.compile(rf"^\s*(?:<|≤|<=)\s*{_NUMBER}\s*$")
+_LOWER = re.compile(rf"^\s*(?:>|≥|>=)\s*{_NUMBER}\s*$")
 
 
 def heuristic_token_count(text: str) -> int:
@@ -103,7 +107,9 @@ class PromptConfig:
     in dictionary order); None keeps dictionary order. ``max_features`` caps the features shown
     and ``min_features`` is what a budget must leave room for (``minimum_budget``).
     ``visit_selection="measured"`` shows the most recent visits holding a measured value of a
-    shown feature; ``"last"`` the most recent visits, measured or not.
+    shown feature; ``"last"`` the most recent visits, measured or not. ``flag_abnormal`` writes
+    each value's place against the feature's reference range after it (``480 (high)``): the
+    dictionary's knowledge, the same for every patient, never the label.
     """
 
     max_visits: int | None = None
@@ -115,6 +121,7 @@ class PromptConfig:
     max_features: int | None = None
     min_features: int = 1
     visit_selection: Literal["measured", "last"] = "last"
+    flag_abnormal: bool = False
 
     def __post_init__(self) -> None:
         if self.max_visits is not None and self.max_visits < 1:
@@ -254,19 +261,70 @@ def _reference(spec: FeatureSpec, sex: str | None, sex_specific: bool) -> str | 
     return ref
 
 
+def reference_bounds(reference: str | None) -> tuple[float | None, float | None] | None:
+    """(low, high) of a reference range written ``a-b``, ``< b``/``≤ b`` or ``> a``/``≥ a``;
+    None for a range that is not one of these (a sex-specific pair, free text).
+
+    >>> [reference_bounds(r) for r in ("120-250", "< 3", "≥ 60", "negative", None)]
+    [(120.0, 250.0), (None, 3.0), (60.0, None), None, None]
+    """
+    if not reference:
+        return None
+    if m := _RANGE.match(reference):
+        return float(m.group(1)), float(m.group(2))
+    if m := _UPPER.match(reference):
+        return None, float(m.group(1))
+    if m := _LOWER.match(reference):
+        return float(m.group(1)), None
+    return None
+
+
+def value_flag(value: object, bounds: tuple[float | None, float | None] | None) -> str | None:
+    """``"low"``, ``"high"`` or ``"normal"`` against ``bounds`` (inclusive); None when the value
+    is missing or the range unknown.
+
+    >>> [value_flag(v, (120.0, 250.0)) for v in (100, 120, 250, 251, float("nan"))]
+    ['low', 'normal', 'normal', 'high', None]
+    """
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if bounds is None or not math.isfinite(x):
+        return None
+    low, high = bounds
+    if low is not None and x < low:
+        return "low"
+    if high is not None and x > high:
+        return "high"
+    return "normal"
+
+
 def feature_line(
-    name: str, unit: str | None, reference: str | None, values: Sequence[object]
+    name: str,
+    unit: str | None,
+    reference: str | None,
+    values: Sequence[object],
+    flags: bool = False,
 ) -> str:
-    """``- Name (Unit: U. Reference range: R): [v1, v2]`` with absent parts left out.
+    """``- Name (Unit: U. Reference range: R): [v1, v2]`` with absent parts left out; with
+    ``flags``, each value readable against the range carries its place (``v1 (high)``).
 
     >>> feature_line("pH", None, "7.35-7.45", [7.4, None])
     '- pH (Reference range: 7.35-7.45): [7.4, NaN]'
+    >>> feature_line("LDH", "U/L", "120-250", [480.0, 231.0, None], flags=True)
+    '- LDH (Unit: U/L. Reference range: 120-250): [480 (high), 231 (normal), NaN]'
     """
     parts = [
         p for p in (unit and f"Unit: {unit}", reference and f"Reference range: {reference}") if p
     ]
     label = f"{name} ({'. '.join(parts)})" if parts else name
-    return f"- {label}: [{', '.join(format_value(v) for v in values)}]"
+    bounds = reference_bounds(reference) if flags else None
+    texts = []
+    for v in values:
+        text, flag = format_value(v), value_flag(v, bounds)
+        texts.append(f"{text} ({flag})" if flag else text)
+    return f"- {label}: [{', '.join(texts)}]"
 
 
 def _demographic(value: object, unit: str = "") -> str:
@@ -323,13 +381,17 @@ def _render(
     age: object,
     visits_line: str,
     lines: Sequence[str],
+    flags: bool = False,
 ) -> str:
+    legend = "NaN = not measured" + (
+        "; low/normal/high against the reference range" if flags else ""
+    )
     out = [
         "Patient information:",
         f"- Sex: {sex or 'unknown'}",
         f"- Age: {_demographic(age, ' years')}",
         visits_line,
-        "Each feature lists one value per visit shown, in visit order (NaN = not measured):",
+        f"Each feature lists one value per visit shown, in visit order ({legend}):",
         *lines,
         "",
         f"Task: {TASKS[task]} Answer in the tagged format.",
@@ -361,9 +423,9 @@ def _priority(specs: Sequence[FeatureSpec], priority: Sequence[str] | None) -> l
     return sorted(range(len(specs)), key=lambda j: (rank.get(specs[j].feature_id, len(rank)), j))
 
 
-def _sample_line(spec: FeatureSpec) -> str:
+def _sample_line(spec: FeatureSpec, flags: bool = False) -> str:
     """The longest one-visit line a feature can take (a 6-character value), for budgets."""
-    return feature_line(spec.name, spec.unit, spec.reference_range, [123456.0])
+    return feature_line(spec.name, spec.unit, spec.reference_range, [123456.0], flags)
 
 
 def minimum_budget(
@@ -379,9 +441,13 @@ def minimum_budget(
     A budget below it is a configuration error: the prompts asset refuses it before any work,
     with this number, rather than serialising patients it cannot show."""
     system = system_message(dataset, task, config.include_example)
-    longest = sorted((_sample_line(s) for s in specs), key=count_tokens, reverse=True)
+    longest = sorted(
+        (_sample_line(s, config.flag_abnormal) for s in specs), key=count_tokens, reverse=True
+    )
     visits_line = _visits_line(999, ["0000-00-00"], config.visit_selection)
-    user = _render(task, "female", 100.0, visits_line, longest[: config.min_features])
+    user = _render(
+        task, "female", 100.0, visits_line, longest[: config.min_features], config.flag_abnormal
+    )
     return count_tokens(system) + count_tokens(user)
 
 
@@ -430,11 +496,13 @@ def _serialize(
     def attempt(n_vis: int, n_feat: int) -> tuple[str, int]:
         rows, feats = choose(n_vis, n_feat)
         lines = [
-            feature_line(specs[j].name, specs[j].unit, refs[j], values[list(rows), j])
+            feature_line(
+                specs[j].name, specs[j].unit, refs[j], values[list(rows), j], config.flag_abnormal
+            )
             for j in feats
         ]
         visits_line = _visits_line(n_visits, [dates[i] for i in rows], config.visit_selection)
-        user = _render(task, sex, age, visits_line, lines)
+        user = _render(task, sex, age, visits_line, lines, config.flag_abnormal)
         return user, n_system + count_tokens(user)
 
     n_feat = min(cap, len(candidates))
