@@ -201,3 +201,36 @@ def test_config_fingerprint_is_stable_and_resolves_defaults():
     )
     assert config_fingerprint(ExpertModelConfig()) != config_fingerprint(ExpertModelConfig(seed=1))
     assert config_fingerprint(None, a=1) != config_fingerprint(None, a=2)
+
+
+def test_a_cohort_macro_change_reaches_the_code_version_of_the_models_that_call_it():
+    """dagster-dbt hashes a model's own SQL only; a shared macro is part of what it runs."""
+    import json
+
+    from dagster_dbt import DagsterDbtTranslatorSettings
+
+    from assets.warehouse import WarehouseTranslator, project_macros
+    from resources import DBT_PROJECT
+
+    manifest = json.loads(DBT_PROJECT.manifest_path.read_text())
+    translator = WarehouseTranslator(settings=DagsterDbtTranslatorSettings())
+    models = ("model.eagrl.cohort_tjh_mortality", "model.eagrl.cohort_mimic_iv_mortality")
+    plain = "model.eagrl.int_tjh_visits_daily"
+
+    def versions(m: dict) -> dict[str, str | None]:
+        return {
+            u: translator.get_asset_spec(m, u, DBT_PROJECT).code_version for u in (*models, plain)
+        }
+
+    assert project_macros(manifest, manifest["nodes"][models[0]]) == [
+        "macro.eagrl.cohort_feature_ids",
+        "macro.eagrl.pivot_features",
+    ]
+    before = versions(manifest)
+    edited = copy.deepcopy(manifest)
+    edited["macros"]["macro.eagrl.pivot_features"]["macro_sql"] += "\n-- edited"
+    after = versions(edited)
+    assert after[models[0]] != before[models[0]]  # calls pivot_features
+    assert after[models[1]] == before[models[1]]  # calls mimic_iv_cohort only
+    assert after[plain] == before[plain] is not None  # no project macro: dagster-dbt's own
+    assert versions(copy.deepcopy(manifest)) == before  # stable across loads
