@@ -98,6 +98,7 @@ def stale_or_missing(
 
 
 MODEL = AssetKey("base_language_model")
+EXPERTS = frozenset({AssetKey("expert_model"), AssetKey("expert_feature_ranking")})  # compute-aware
 
 
 def recorded_fingerprint(
@@ -151,7 +152,11 @@ def planned_fingerprints(
         if config_class is None:
             continue
         raw = (ops.get(definition.op.name) or {}).get("config") or {}
-        planned[key] = config_fingerprint(config_class(**raw))
+        settings = {}
+        if key in EXPERTS:
+            compute = _resource(resources or defs.resources, "compute", overrides)
+            settings["compute"] = compute.expert_version_settings()
+        planned[key] = config_fingerprint(config_class(**raw), **settings)
     return planned
 
 

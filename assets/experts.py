@@ -217,6 +217,7 @@ def expert_model(
             }
         ),
         config,
+        compute=compute.expert_version_settings(),
     )
     yield AssetCheckResult(
         check_name="validation_auroc_floor",
@@ -351,6 +352,7 @@ def expert_feature_ranking(
             }
         ),
         config,
+        compute=compute.expert_version_settings(),
     )
     yield AssetCheckResult(
         check_name="ranking_valid",

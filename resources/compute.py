@@ -41,6 +41,11 @@ class Compute(ConfigurableResource):
             torch.set_num_threads(threads)
         return device
 
+    def expert_version_settings(self) -> dict[str, str]:
+        """What of the compute settings an expert's content depends on: the device it trains on
+        (CUDA kernels round differently); threads and the LLM precision do not reach it."""
+        return {"device": self.resolved_device()}
+
     def resolved_device(self) -> str:
         import torch
 

@@ -100,6 +100,21 @@ def test_a_stage_config_change_reruns_that_stage_and_what_follows(materialized):
     assert _plan(lineage, resources, ranking_only) == {"expert_feature_ranking": "config changed"}
 
 
+def test_another_training_device_reruns_the_experts(materialized, monkeypatch):
+    """The experts' data versions cover the device they train on; the rest do not depend on it
+    (the language model's covers every compute field already)."""
+    from conftest import EXPERTS_RUN_CONFIG
+
+    from resources.compute import Compute
+
+    lineage, resources, _ = materialized
+    monkeypatch.setattr(Compute, "resolved_device", lambda self: "cuda")
+    assert _plan(lineage, resources, EXPERTS_RUN_CONFIG) == {
+        "expert_model": "config changed",
+        "expert_feature_ranking": "config changed",
+    }
+
+
 def test_another_model_or_model_setting_reruns_the_language_model_only(materialized):
     from conftest import EXPERTS_RUN_CONFIG
 
