@@ -108,11 +108,14 @@ def test_another_training_device_reruns_the_experts(materialized, monkeypatch):
     from resources.compute import Compute
 
     lineage, resources, _ = materialized
-    monkeypatch.setattr(Compute, "resolved_device", lambda self: "cuda")
+    monkeypatch.setattr(Compute, "expert_version_settings", lambda self: {"device": "cuda"})
     assert _plan(lineage, resources, EXPERTS_RUN_CONFIG) == {
         "expert_model": "config changed",
-        "expert_feature_ranking": "config changed",
+        "expert_feature_ranking": "upstream re-materialized: expert_model",
     }
+    # A declared device is planned as written: no CUDA needed to plan a GPU profile.
+    monkeypatch.undo()
+    assert Compute(device="cuda").expert_version_settings() == {"device": "cuda"}
 
 
 def test_another_model_or_model_setting_reruns_the_language_model_only(materialized):
