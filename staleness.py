@@ -137,14 +137,14 @@ def planned_fingerprints(
     ops = run_config.get("ops") or {}
     overrides = run_config.get("resources") or {}
     graph = defs.resolve_asset_graph()
+    llm = _resource(resources or defs.resources, "llm", overrides)
+    compute = _resource(resources or defs.resources, "compute", overrides)
     planned: dict[AssetKey, str] = {}
     for key in graph.get_all_asset_keys():
         definition = defs.resolve_assets_def(key)
         if not definition.is_executable or key not in definition.keys or len(definition.keys) > 1:
             continue
         if key == MODEL:
-            llm = _resource(resources or defs.resources, "llm", overrides)
-            compute = _resource(resources or defs.resources, "compute", overrides)
             settings = llm.version_settings(llm.planned_model_dir(Path(home)), compute)
             planned[key] = config_fingerprint(None, **settings)
             continue
@@ -152,10 +152,7 @@ def planned_fingerprints(
         if config_class is None:
             continue
         raw = (ops.get(definition.op.name) or {}).get("config") or {}
-        settings = {}
-        if key in EXPERTS:
-            compute = _resource(resources or defs.resources, "compute", overrides)
-            settings["compute"] = compute.expert_version_settings()
+        settings = {"compute": compute.expert_version_settings()} if key in EXPERTS else {}
         planned[key] = config_fingerprint(config_class(**raw), **settings)
     return planned
 

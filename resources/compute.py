@@ -45,11 +45,7 @@ class Compute(ConfigurableResource):
         """What of the compute settings an expert's content depends on: the device it trains on
         (CUDA kernels round differently); threads and the LLM precision do not reach it. A
         declared device is taken as written, so a GPU profile plans on a CPU machine."""
-        if self.device != "auto":
-            return {"device": self.device}
-        import torch
-
-        return {"device": "cuda" if torch.cuda.is_available() else "cpu"}
+        return {"device": self.resolved_device() if self.device == "auto" else self.device}
 
     def resolved_device(self) -> str:
         import torch

@@ -33,18 +33,37 @@ NaN = np.nan
 @pytest.fixture
 def dictionary() -> pd.DataFrame:
     rows = [
-        ("tjh", "sex", "Sex", "demographic", None, None),
-        ("tjh", "age", "Age", "demographic", "years", None),
-        ("tjh", "lactate_dehydrogenase", "Lactate dehydrogenase", "lab", "U/L", "120-250"),
-        ("tjh", "hemoglobin", "Hemoglobin", "lab", "g/L", "130-175 (male), 115-150 (female)"),
-        ("tjh", "ph_value", "pH value", "lab", None, "7.35-7.45"),
-        ("tjh", "mystery", "Mystery marker", "lab", None, None),
-        ("tjh", "ferritin", "Ferritin", "lab", "µg/L", None),
-        ("tjh", "never", "Never measured", "lab", "mg/L", "< 3"),
-        ("tjh", "not_in_visits", "Not in visits", "lab", "U/L", "1-2"),
-        ("mimic_iv", "heart_rate", "Heart rate", "vital", "bpm", "60-100"),
+        ("tjh", "sex", "Sex", "demographic", None, None, None, None),
+        ("tjh", "age", "Age", "demographic", "years", None, None, None),
+        (
+            "tjh",
+            "lactate_dehydrogenase",
+            "Lactate dehydrogenase",
+            "lab",
+            "U/L",
+            "120-250",
+            120,
+            250,
+        ),
+        (
+            "tjh",
+            "hemoglobin",
+            "Hemoglobin",
+            "lab",
+            "g/L",
+            "130-175 (male), 115-150 (female)",
+            115,
+            175,
+        ),
+        ("tjh", "ph_value", "pH value", "lab", None, "7.35-7.45", 7.35, 7.45),
+        ("tjh", "mystery", "Mystery marker", "lab", None, None, None, None),
+        ("tjh", "ferritin", "Ferritin", "lab", "µg/L", None, None, None),
+        ("tjh", "never", "Never measured", "lab", "mg/L", "< 3", None, 3),
+        ("tjh", "not_in_visits", "Not in visits", "lab", "U/L", "1-2", 1, 2),
+        ("mimic_iv", "heart_rate", "Heart rate", "vital", "bpm", "60-100", 60, 100),
     ]
     columns = ["dataset", "feature_id", "feature_name", "kind", "unit", "reference_range"]
+    columns += ["reference_low", "reference_high"]
     return pd.DataFrame(rows, columns=columns).fillna(NaN)  # the seed loads empty cells as NaN
 
 

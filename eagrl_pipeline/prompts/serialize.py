@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -81,10 +81,7 @@ _INSTRUCTIONS = (
 
 _HEURISTIC_TOKEN = re.compile(r"\d|[^\W\d_]{1,6}|[^\w\s]")  # a letter run of n: ceil(n/6) hits
 _SEX_RANGE = re.compile(r"^\s*(.+?)\s*\(male\)\s*,\s*(.+?)\s*\(female\)\s*$", re.IGNORECASE)
-_NUMBER = r"([-+]?\d+(?:\.\d+)?)"
-_RANGE = re.compile(rf"^\s*{_NUMBER}\s*(?:-|–|~|to)\s*{_NUMBER}\s*$")
-_UPPER = re.compile(rf"^\s*(?:<|≤|<=)\s*{_NUMBER}\s*$")
-_LOWER = re.compile(rf"^\s*(?:>|≥|>=)\s*{_NUMBER}\s*$")
+_SEX_PART = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*-|<|≤)\s*(\d+(?:\.\d+)?)\s*$")
 
 
 def heuristic_token_count(text: str) -> int:
@@ -149,6 +146,9 @@ class PromptConfig:
             raise ValueError(f"PromptConfig.max_tokens must be >= 1, got {self.max_tokens}")
 
 
+Bounds = tuple[float | None, float | None] | None
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """One dictionary row as the prompt needs it."""
@@ -157,6 +157,7 @@ class FeatureSpec:
     name: str
     unit: str | None = None
     reference_range: str | None = None
+    bounds: Bounds = None  # the dictionary's reference_low/high (None: neither given)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,12 @@ def _text(value: object) -> str | None:
     return text if text and text.lower() != "nan" else None
 
 
+def _bounds(low: Any, high: Any) -> Bounds:
+    """A dictionary row's numeric reference bounds (None when neither is given)."""
+    low, high = (None if v is None or pd.isna(v) else float(v) for v in (low, high))
+    return None if low is None and high is None else (low, high)
+
+
 def feature_specs(
     dictionary: pd.DataFrame, dataset: str, columns: Sequence[str] | None = None
 ) -> list[FeatureSpec]:
@@ -215,6 +222,7 @@ def feature_specs(
             str(r["feature_name"]),
             _text(r.get("unit")),
             _text(r.get("reference_range")),
+            _bounds(r.get("reference_low"), r.get("reference_high")),
         )
         for _, r in rows.iterrows()
     ]
@@ -254,32 +262,26 @@ def _sex_word(value: object) -> str | None:
     return {1.0: "male", 0.0: "female"}.get(x)
 
 
-def _reference(spec: FeatureSpec, sex: str | None, sex_specific: bool) -> str | None:
+def _reference(spec: FeatureSpec, sex: str | None, sex_specific: bool) -> tuple[str | None, Bounds]:
+    """The range shown for this patient and its bounds: for a sex-specific range and a known
+    sex, that sex's part (the dictionary's numeric bounds span both sexes), else the dictionary's.
+
+    >>> ref = "130-175 (male), 115-150 (female)"
+    >>> spec = FeatureSpec("hb", "Hemoglobin", "g/L", ref, (115.0, 175.0))
+    >>> _reference(spec, "female", True), _reference(spec, None, True)
+    (('115-150', (115.0, 150.0)), ('130-175 (male), 115-150 (female)', (115.0, 175.0)))
+    """
     ref = spec.reference_range
     if ref and sex_specific and sex and (m := _SEX_RANGE.match(ref)):
-        return m.group(1) if sex == "male" else m.group(2)
-    return ref
+        part = m.group(1) if sex == "male" else m.group(2)
+        if bound := _SEX_PART.match(part):
+            low = None if bound.group(1) is None else float(bound.group(1))
+            return part, (low, float(bound.group(2)))
+        return part, spec.bounds
+    return ref, spec.bounds
 
 
-def reference_bounds(reference: str | None) -> tuple[float | None, float | None] | None:
-    """(low, high) of a reference range written ``a-b``, ``< b``/``≤ b`` or ``> a``/``≥ a``;
-    None for a range that is not one of these (a sex-specific pair, free text).
-
-    >>> [reference_bounds(r) for r in ("120-250", "< 3", "≥ 60", "negative", None)]
-    [(120.0, 250.0), (None, 3.0), (60.0, None), None, None]
-    """
-    if not reference:
-        return None
-    if m := _RANGE.match(reference):
-        return float(m.group(1)), float(m.group(2))
-    if m := _UPPER.match(reference):
-        return None, float(m.group(1))
-    if m := _LOWER.match(reference):
-        return float(m.group(1)), None
-    return None
-
-
-def value_flag(value: object, bounds: tuple[float | None, float | None] | None) -> str | None:
+def value_flag(value: object, bounds: Bounds) -> str | None:
     """``"low"``, ``"high"`` or ``"normal"`` against ``bounds`` (inclusive); None when the value
     is missing or the range unknown.
 
@@ -305,21 +307,20 @@ def feature_line(
     unit: str | None,
     reference: str | None,
     values: Sequence[object],
-    flags: bool = False,
+    bounds: Bounds = None,
 ) -> str:
     """``- Name (Unit: U. Reference range: R): [v1, v2]`` with absent parts left out; with
-    ``flags``, each value readable against the range carries its place (``v1 (high)``).
+    ``bounds`` (the range's, to flag values), each measured value carries its place.
 
     >>> feature_line("pH", None, "7.35-7.45", [7.4, None])
     '- pH (Reference range: 7.35-7.45): [7.4, NaN]'
-    >>> feature_line("LDH", "U/L", "120-250", [480.0, 231.0, None], flags=True)
+    >>> feature_line("LDH", "U/L", "120-250", [480.0, 231.0, None], (120.0, 250.0))
     '- LDH (Unit: U/L. Reference range: 120-250): [480 (high), 231 (normal), NaN]'
     """
     parts = [
         p for p in (unit and f"Unit: {unit}", reference and f"Reference range: {reference}") if p
     ]
     label = f"{name} ({'. '.join(parts)})" if parts else name
-    bounds = reference_bounds(reference) if flags else None
     texts = []
     for v in values:
         text, flag = format_value(v), value_flag(v, bounds)
@@ -425,7 +426,8 @@ def _priority(specs: Sequence[FeatureSpec], priority: Sequence[str] | None) -> l
 
 def _sample_line(spec: FeatureSpec, flags: bool = False) -> str:
     """The longest one-visit line a feature can take (a 6-character value), for budgets."""
-    return feature_line(spec.name, spec.unit, spec.reference_range, [123456.0], flags)
+    bounds = (None, None) if flags and spec.bounds else None  # "(normal)", the longest place
+    return feature_line(spec.name, spec.unit, spec.reference_range, [123456.0], bounds)
 
 
 def minimum_budget(
@@ -468,6 +470,7 @@ def _serialize(
     sex = _sex_word(sex_value)
     measured = np.isfinite(values)
     refs = [_reference(s, sex, config.sex_specific_ranges) for s in specs]
+    flags = config.flag_abnormal
     order = _priority(specs, config.feature_priority)
     measured_only = config.feature_filter == "measured"
     candidates = [j for j in order if not measured_only or measured[:, j].any()]
@@ -497,12 +500,16 @@ def _serialize(
         rows, feats = choose(n_vis, n_feat)
         lines = [
             feature_line(
-                specs[j].name, specs[j].unit, refs[j], values[list(rows), j], config.flag_abnormal
+                specs[j].name,
+                specs[j].unit,
+                refs[j][0],
+                values[list(rows), j],
+                refs[j][1] if flags else None,
             )
             for j in feats
         ]
         visits_line = _visits_line(n_visits, [dates[i] for i in rows], config.visit_selection)
-        user = _render(task, sex, age, visits_line, lines, config.flag_abnormal)
+        user = _render(task, sex, age, visits_line, lines, flags)
         return user, n_system + count_tokens(user)
 
     n_feat = min(cap, len(candidates))
