@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, Definitions
 
 from assets.partitions import COHORTS
 from assets.training import RLCheckpointConfig
@@ -35,14 +35,29 @@ from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, st
 RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
 RAW_NAMES = [k.to_user_string() for k in RAW]
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-EVENT_LOG = Path(EAGRL_HOME) / "logs" / "dagster_events.log"
-STEP_OUTPUT = Path(EAGRL_HOME) / "logs" / "step_output.log"
-# The console gets warnings and errors and one line as each step ends (the steps logger); every
-# event, DEBUG included, goes to EVENT_LOG.
-LOGGERS = {
-    "console": {"config": {"log_level": "WARNING"}},
-    "file": {"config": {"path": str(EVENT_LOG), "log_level": "DEBUG"}},
-}
+
+
+def event_log(home: str | Path) -> Path:
+    """Every Dagster event of ``make run``, DEBUG included."""
+    return Path(home) / "logs" / "dagster_events.log"
+
+
+def step_output(home: str | Path) -> Path:
+    """What steps print to stdout (dbt's build log)."""
+    return Path(home) / "logs" / "step_output.log"
+
+
+EVENT_LOG, STEP_OUTPUT = event_log(EAGRL_HOME), step_output(EAGRL_HOME)
+
+
+def loggers(home: str | Path, label: str) -> dict[str, Any]:
+    """The console gets warnings and errors and one line as each step ends (the steps logger);
+    every event goes to ``event_log(home)``."""
+    return {
+        "console": {"config": {"log_level": "WARNING"}},
+        "file": {"config": {"path": str(event_log(home)), "log_level": "DEBUG"}},
+        "steps": {"config": {"label": label}},
+    }
 
 
 class ProfileError(Exception):
@@ -106,8 +121,11 @@ def check_device(profile: Mapping[str, Any], name: str) -> None:
 
 @dataclass
 class Pass:
+    """What one pass planned (per group: asset -> reason), ran, and how it ended."""
+
     profile: Mapping[str, Any]
     seconds: float = 0.0
+    planned: dict[str, dict[str, str]] = field(default_factory=dict)
     materialized: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
     warned: dict[str, list[str]] = field(default_factory=dict)
@@ -115,19 +133,21 @@ class Pass:
 
 def _execute(
     instance: DagsterInstance,
+    lineage: Definitions,
+    home: str | Path,
     job: str,
     keys: list[AssetKey],
     partition: str | None,
     label: str,
     record: Pass,
 ) -> bool:
-    loggers = {**LOGGERS, "steps": {"config": {"label": label}}}
-    run_config = {**run_config_for(record.profile, keys), "loggers": loggers}
-    STEP_OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    run_config = {**run_config_for(record.profile, keys), "loggers": loggers(home, label)}
+    sink_path = step_output(home)
+    sink_path.parent.mkdir(parents=True, exist_ok=True)
     # What steps print to stdout (dbt re-emits every event of its build there) goes to a file;
     # Dagster's console logger and the progress bars write to stderr and stay on screen.
-    with STEP_OUTPUT.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
-        result = defs.resolve_job_def(job).execute_in_process(
+    with sink_path.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        result = lineage.resolve_job_def(job).execute_in_process(
             instance=instance,
             partition_key=partition,
             asset_selection=keys,
@@ -147,7 +167,8 @@ def _execute(
     if warned:
         record.warned[label] = record.warned.get(label, []) + warned
     if not result.success or bad:
-        record.failed[label] = bad or [f"run failed (the error is above; every event: {EVENT_LOG})"]
+        failure = f"run failed (the error is above; every event: {event_log(home)})"
+        record.failed[label] = bad or [failure]
     return result.success
 
 
@@ -156,34 +177,46 @@ def _value(metadata: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def lineage_pass(instance: DagsterInstance, profile: Mapping[str, Any], dry: bool = False) -> Pass:
-    """One pass over the lineage, materializing only what is missing or stale. ``dry`` (`make
-    plan`) prints the plan and runs nothing: the raw inputs are not re-fingerprinted then, so a
-    changed raw file shows only once `make run` reads it."""
+def lineage_pass(
+    instance: DagsterInstance,
+    profile: Mapping[str, Any],
+    dry: bool = False,
+    lineage: Definitions = defs,
+    home: str | Path = EAGRL_HOME,
+) -> Pass:
+    """One pass over ``lineage`` (the code location's definitions by default) in ``home``,
+    materializing only what is missing or stale. ``dry`` (`make plan`) prints the plan and runs
+    nothing: the raw inputs are not re-fingerprinted then, so a changed raw file shows only once
+    `make run` reads it."""
     record, started = Pass(profile), time.monotonic()
 
     def run(job: str, keys: list[AssetKey], partition: str | None, label: str) -> bool:
-        return dry or _execute(instance, job, keys, partition, label, record)
+        return dry or _execute(instance, lineage, home, job, keys, partition, label, record)
+
+    def plan(label: str, todo: dict[AssetKey, str]) -> dict[AssetKey, str]:
+        record.planned[label] = {key.to_user_string(): why for key, why in todo.items()}
+        _report(label, todo)
+        return todo
 
     if not run("shared_inputs", RAW, None, "raw"):
         record.seconds = time.monotonic() - started
         return record
-    planned = planned_fingerprints(defs, profile, EAGRL_HOME)
-    shared = [k for k in job_asset_keys(defs, "shared_inputs") if k not in RAW]
-    todo = stale_or_missing(instance, defs, shared, planned=planned)
-    _report("shared", todo)
+    planned = planned_fingerprints(lineage, profile, home)
+    shared = [k for k in job_asset_keys(lineage, "shared_inputs") if k not in RAW]
+    todo = plan("shared", stale_or_missing(instance, lineage, shared, planned=planned))
     if todo and not run("shared_inputs", list(todo), None, "shared"):
         record.seconds = time.monotonic() - started
         return record
     for partition in COHORTS:
-        keys = job_asset_keys(defs, "partition_lineage")
-        todo = stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
-        _report(partition, todo)
+        keys = job_asset_keys(lineage, "partition_lineage")
+        todo = plan(
+            partition,
+            stale_or_missing(instance, lineage, keys, partition, cohort_relevance, planned),
+        )
         if todo:
             run("partition_lineage", list(todo), partition, partition)
-    cross = job_asset_keys(defs, "cross_dataset_report")
-    todo = stale_or_missing(instance, defs, cross, planned=planned)
-    _report("cross-dataset", todo)
+    cross = job_asset_keys(lineage, "cross_dataset_report")
+    todo = plan("cross-dataset", stale_or_missing(instance, lineage, cross, planned=planned))
     if todo:
         run("cross_dataset_report", list(todo), None, "cross-dataset")
     record.seconds = time.monotonic() - started

@@ -15,7 +15,8 @@ Config and model: Dagster's status knows neither. ``planned_fingerprints`` hashe
 asset is about to run with (the job's run config resolved against the asset's Config class, and
 for ``base_language_model`` the model folder's fingerprint and the llm/compute settings), and
 ``stale_or_missing`` calls an asset whose last materialization recorded another fingerprint
-(``assets/versioning.py``) "config changed" (or "model or settings changed").
+(``assets/versioning.py``) "config changed" (the experts: "config or training device changed";
+the model: "model or settings changed").
 """
 
 from __future__ import annotations
@@ -93,12 +94,21 @@ def stale_or_missing(
         if key not in todo and planned and key in planned:
             recorded = recorded_fingerprint(instance, key, partition)
             if recorded != planned[key]:
-                todo[key] = "model or settings changed" if key == MODEL else "config changed"
+                todo[key] = _changed(key)
     return {key: why for key, why in todo.items() if key in wanted}
 
 
 MODEL = AssetKey("base_language_model")
 EXPERTS = frozenset({AssetKey("expert_model"), AssetKey("expert_feature_ranking")})  # compute-aware
+
+
+def _changed(key: AssetKey) -> str:
+    """The reason for a fingerprint change, naming everything the fingerprint covers."""
+    if key == MODEL:
+        return "model or settings changed"
+    if key in EXPERTS:
+        return "config or training device changed"
+    return "config changed"
 
 
 def recorded_fingerprint(

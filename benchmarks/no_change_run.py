@@ -80,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = run_lineage.load_profile("cpu")
     record = run_lineage.Pass(profile)
 
+    def shared_inputs(keys: list, label: str) -> bool:
+        return run_lineage._execute(
+            instance, defs, EAGRL_HOME, "shared_inputs", keys, None, label, record
+        )
+
     started = time.monotonic()
     shared = job_asset_keys(defs, "shared_inputs")
-    if not run_lineage._execute(instance, "shared_inputs", shared, None, "shared", record):
+    if not shared_inputs(shared, "shared"):
         print(f"[bench] shared inputs failed: {record.failed}", file=sys.stderr)
         return 1
     first_s = time.monotonic() - started
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def no_change_pass() -> tuple[float, list[str]]:
         started = time.monotonic()
-        run_lineage._execute(instance, "shared_inputs", run_lineage.RAW, None, "raw", record)
+        shared_inputs(run_lineage.RAW, "raw")
         planned = planned_fingerprints(defs, profile, EAGRL_HOME)
         todo = stale_or_missing(
             instance, defs, [k for k in shared if k not in run_lineage.RAW], planned=planned
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = []
         for _ in range(2):
             started = time.monotonic()
-            run_lineage._execute(instance, "shared_inputs", run_lineage.RAW, None, "raw", record)
+            shared_inputs(run_lineage.RAW, "raw")
             baseline.append(time.monotonic() - started)
     finally:
         assets.raw._previous = reuse

@@ -1,6 +1,6 @@
 """What changed gets recomputed, and only that (``make run``'s planner, ``staleness.py``): a
-stage's launchpad config, the model folder or its settings, a stage's source; nothing when
-nothing changed. (A raw file's change: ``test_staleness.py``.)"""
+stage's launchpad config, the model folder or its settings, a stage's source, a raw file; nothing
+when nothing changed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import shutil
 import sys
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from assets import versioning
 from assets.versioning import config_fingerprint, source_version
@@ -92,12 +93,14 @@ def test_a_stage_config_change_reruns_that_stage_and_what_follows(materialized):
     changed = copy.deepcopy(EXPERTS_RUN_CONFIG)
     changed["ops"]["expert_model"]["config"]["max_epochs"] = 3
     assert _plan(lineage, resources, changed) == {
-        "expert_model": "config changed",
+        "expert_model": "config or training device changed",
         "expert_feature_ranking": "upstream re-materialized: expert_model",
     }
     ranking_only = copy.deepcopy(EXPERTS_RUN_CONFIG)
     ranking_only["ops"]["expert_feature_ranking"]["config"]["top_k"] = 4
-    assert _plan(lineage, resources, ranking_only) == {"expert_feature_ranking": "config changed"}
+    assert _plan(lineage, resources, ranking_only) == {
+        "expert_feature_ranking": "config or training device changed"
+    }
 
 
 def test_another_training_device_reruns_the_experts(materialized, monkeypatch):
@@ -110,7 +113,7 @@ def test_another_training_device_reruns_the_experts(materialized, monkeypatch):
     lineage, resources, _ = materialized
     monkeypatch.setattr(Compute, "expert_version_settings", lambda self: {"device": "cuda"})
     assert _plan(lineage, resources, EXPERTS_RUN_CONFIG) == {
-        "expert_model": "config changed",
+        "expert_model": "config or training device changed",
         "expert_feature_ranking": "upstream re-materialized: expert_model",
     }
     # A declared device is planned as written: no CUDA needed to plan a GPU profile.
@@ -165,6 +168,88 @@ def test_a_stage_source_change_reruns_that_stage_and_what_follows(materialized):
     plan = _plan(lineage, resources, EXPERTS_RUN_CONFIG, edited_defs)
     assert set(plan) == {"expert_model", "expert_feature_ranking"}
     assert "code version" in plan["expert_model"].lower()
+
+
+def test_make_runs_own_pass_plans_exactly_what_changed(materialized):
+    """``run_lineage.lineage_pass``, the pass `make run` runs, over the copy (``dry``: it plans
+    and runs nothing): with nothing changed it plans only what was never materialized; a stage's
+    config or source adds that stage and what follows in its partition; another model adds the
+    model; a new raw TJH file adds the TJH warehouse models, not MIMIC-IV's partitions."""
+    import copy
+
+    from conftest import EXPERTS_RUN_CONFIG
+    from dagster import Definitions
+
+    import run_lineage
+    from definitions import defs
+    from eagrl_pipeline.llm.tiny_model import build_tiny_qwen2
+    from resources import LanguageModel
+    from staleness import job_asset_keys
+
+    lineage, resources, factory = materialized
+
+    def plan(profile, res=resources, assets=defs.assets) -> dict[str, dict[str, str]]:
+        located = Definitions(assets=assets, jobs=defs.jobs, resources=res)
+        record = run_lineage.lineage_pass(
+            lineage["instance"], profile, dry=True, lineage=located, home=lineage["home"]
+        )
+        assert not record.materialized and not record.failed  # dry: nothing ran
+        return record.planned
+
+    def added(after: dict, before: dict) -> dict[str, dict[str, str]]:
+        return {
+            label: {k: why for k, why in todo.items() if before[label].get(k) != why}
+            for label, todo in after.items()
+        }
+
+    before = plan(EXPERTS_RUN_CONFIG)
+    assert set(before) == {"shared", *run_lineage.COHORTS, "cross-dataset"}
+    assert before["shared"] == {}  # raw, warehouse and model as the fixture materialized them
+    partition_assets = {k.to_user_string() for k in job_asset_keys(defs, "partition_lineage")}
+    done = {"cohort_dataset", "expert_model", "expert_feature_ranking"}
+    assert before[PARTITION] == dict.fromkeys(sorted(partition_assets - done), "missing")
+    assert set(before["tjh-mortality"]) == partition_assets  # never materialized there
+
+    slower = copy.deepcopy(EXPERTS_RUN_CONFIG)
+    slower["ops"]["expert_model"]["config"]["max_epochs"] = 3
+    after = plan(slower)
+    expected: dict[str, dict[str, str]] = {label: {} for label in before}
+    expected[PARTITION] = {
+        "expert_model": "config or training device changed",
+        "expert_feature_ranking": "upstream re-materialized: expert_model",
+    }
+    assert added(after, before) == expected
+    assert all(set(before[label]) <= set(after[label]) for label in before)
+
+    other = build_tiny_qwen2(factory.mktemp("tiny_pass") / "qwen2", seed=2)
+    swapped = plan(EXPERTS_RUN_CONFIG, {**resources, "llm": LanguageModel(path=str(other))})
+    expected: dict[str, dict[str, str]] = {label: {} for label in before}
+    expected["shared"] = {"base_language_model": "model or settings changed"}
+    assert added(swapped, before) == expected
+    edited = [  # what an edit to expert_model's source gives it (see the next test)
+        d.map_asset_specs(lambda s: s.replace_attributes(code_version="edited"))
+        if EXPERT in getattr(d, "keys", ())
+        else d
+        for d in defs.assets
+    ]
+    recoded = added(plan(EXPERTS_RUN_CONFIG, assets=edited), before)
+    assert set(recoded.pop(PARTITION)) == {"expert_model", "expert_feature_ranking"}
+    assert all(todo == {} for todo in recoded.values())
+    raw = AssetKey("raw_tjh")  # a new TJH file: what the raw step reports for it
+    instance = lineage["instance"]
+    original = instance.get_latest_materialization_event(raw).asset_materialization
+    try:
+        instance.report_runless_asset_event(
+            AssetMaterialization(raw, tags={DATA_VERSION_TAG: "a-new-tjh-file"})
+        )
+        new_file = added(plan(EXPERTS_RUN_CONFIG), before)
+    finally:
+        instance.report_runless_asset_event(original)
+    shared = new_file.pop("shared")
+    assert "cohort_tjh_mortality" in shared and "stg_tjh__lab_results" in shared
+    assert all("tjh" in name for name in shared)  # the dbt models that read it, nothing else
+    assert all(todo == {} for todo in new_file.values())  # MIMIC-IV's partitions: untouched
+    assert plan(EXPERTS_RUN_CONFIG) == before  # planning changed nothing
 
 
 def test_source_version_follows_what_the_stage_runs(tmp_path, monkeypatch):

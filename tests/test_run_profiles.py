@@ -114,7 +114,8 @@ def test_make_run_console_shows_one_line_per_step_and_the_file_keeps_every_event
         "import run_lineage as r\n"
         "record = r.Pass(r.load_profile('cpu'))\n"
         "instance = DagsterInstance.ephemeral()\n"
-        "ok = r._execute(instance, 'shared_inputs', r.RAW, None, 'raw', record)\n"
+        "ok = r._execute(instance, r.defs, r.EAGRL_HOME, 'shared_inputs', r.RAW, None, 'raw', "
+        "record)\n"
         "assert ok, record.failed\n"
     )
     env = {"PATH": "/usr/bin:/bin", "EAGRL_HOME": str(home), "HF_HUB_OFFLINE": "1"}
