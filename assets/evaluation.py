@@ -287,9 +287,11 @@ def _training_note(home: EagrlHome, partition: str) -> list[str]:
     rl = json.loads(path.read_text())
     if "groups" not in rl:
         return []
+    start = "base" if rl.get("start_from") == "base" else "SFT"
     return [
-        f"GRPO: {rl['groups_with_reward_spread']:g} of {rl['groups']:g} groups had reward "
-        f"spread (a group whose completions all score alike gives no update); RL − SFT "
+        f"GRPO (from {'the base model' if start == 'base' else 'the SFT adapter'}): "
+        f"{rl['groups_with_reward_spread']:g} of {rl['groups']:g} groups had reward "
+        f"spread (a group whose completions all score alike gives no update); RL − {start} "
         f"validation reward {rl['val_reward_gain']:+.3f}, 95 % paired bootstrap interval "
         f"[{rl['val_reward_gain_lo']:+.3f}, {rl['val_reward_gain_hi']:+.3f}] over "
         f"{rl['val_patients']} patients."

@@ -16,18 +16,24 @@ measures every stage and reports a failed gate in its table rather than stopping
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from dagster import AssetExecutionContext, DagsterEventType, Failure
 
 REPORT_TAG = "eagrl/failed_checks"
 
 
-def failed_upstream_checks(context: AssetExecutionContext) -> list[str]:
+def failed_upstream_checks(
+    context: AssetExecutionContext, ignore: Collection[str] = ()
+) -> list[str]:
     """``parent[partition]: check`` for each blocking check that failed on the latest
     materialization of a parent (the same partition of a partitioned parent): the evaluations
-    its own run recorded for it."""
+    its own run recorded for it. Parents named in ``ignore`` are ones this run does not read."""
     layer = context.job_def.asset_layer
     failed = []
     for parent in sorted(layer.get(context.asset_key).parent_keys):
+        if parent.to_user_string() in ignore:
+            continue
         partitioned = layer.get(parent).partitions_def is not None and context.has_partition_key
         partition = context.partition_key if partitioned else None
         record = context.instance.get_latest_data_version_record(parent, partition_key=partition)
@@ -49,9 +55,12 @@ def failed_upstream_checks(context: AssetExecutionContext) -> list[str]:
     return sorted(set(failed))
 
 
-def require_passing_upstream_checks(context: AssetExecutionContext) -> None:
-    """Refuse to run on a parent whose latest blocking check failed."""
-    failed = failed_upstream_checks(context)
+def require_passing_upstream_checks(
+    context: AssetExecutionContext, ignore: Collection[str] = ()
+) -> None:
+    """Refuse to run on a parent whose latest blocking check failed (``ignore``: parents that
+    this run's config does not read, such as the SFT adapter for GRPO from the base model)."""
+    failed = failed_upstream_checks(context, ignore)
     if failed and context.run.tags.get(REPORT_TAG) == "report":
         context.log.warning(
             f"going on past failed blocking checks ({'; '.join(failed)}): "

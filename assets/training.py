@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from dagster import (
@@ -173,6 +174,14 @@ class RLCheckpointConfig(Config):
         "importance ratio compares the policy with itself, and dropout draws a new mask for "
         "each side.",
     )
+    start_from: Literal["sft", "base"] = Field(
+        default="sft",
+        description="The policy GRPO starts from: 'sft' continues the SFT adapter (EAG-RL's two "
+        "stages); 'base' trains a fresh LoRA adapter (lora_r, lora_alpha) on the base model, "
+        "GRPO without Stage 1, and the gate then compares RL with the base model.",
+    )
+    lora_r: int = Field(default=8, ge=1, description="start_from=base: rank of the new adapter.")
+    lora_alpha: int = Field(default=16, ge=1, description="start_from=base: its LoRA alpha.")
     seed: int = Field(default=0, description="Seed of the sample, sampling and the adapter.")
 
     def settings(self) -> GRPOSettings:
@@ -201,6 +210,9 @@ class RLCheckpointConfig(Config):
             gradient_checkpointing=self.gradient_checkpointing,
             guided_steps=self.guided_steps,
             scaffold=self.scaffold.scaffold(),
+            start_from=self.start_from,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
         )
 
     @model_validator(mode="after")
@@ -269,30 +281,33 @@ REWARD_COLUMNS = ("reward", *REWARD_NAMES)
 
 
 def reward_gate(
-    sft: pd.DataFrame,
+    start: pd.DataFrame,
     rl: pd.DataFrame,
     min_gain: float,
     *,
+    start_name: str = "sft",
     n_resamples: int = 1000,
     seed: int = 0,
-) -> dict[str, float | int | bool]:
+) -> dict[str, float | int | bool | str]:
     """The RL gate: passes when the lower bound of the 95 % paired bootstrap interval of the
-    per-patient validation reward RL − SFT exceeds ``min_gain``; with the mean reward parts of
-    both policies. Patients are paired by ``patient_id``."""
+    per-patient validation reward RL − start (the SFT policy, or ``start_name`` "base" for GRPO
+    from the base model) exceeds ``min_gain``; with the mean reward parts of both policies
+    (``val_<part>_<start_name>``, ``val_<part>_rl``). Patients are paired by ``patient_id``."""
     columns = ["patient_id", *REWARD_COLUMNS]
-    paired = sft[columns].merge(
-        rl[columns], on="patient_id", suffixes=("_sft", "_rl"), validate="one_to_one"
+    paired = start[columns].merge(
+        rl[columns], on="patient_id", suffixes=(f"_{start_name}", "_rl"), validate="one_to_one"
     )
-    if paired.empty or len(paired) != len(sft) or len(paired) != len(rl):
+    if paired.empty or len(paired) != len(start) or len(paired) != len(rl):
         raise ValueError(
             f"the reward gate needs the same validation patients for both policies, got "
-            f"{len(sft)} SFT, {len(rl)} RL and {len(paired)} shared"
+            f"{len(start)} {start_name}, {len(rl)} RL and {len(paired)} shared"
         )
     gain = paired_bootstrap_difference(
-        paired["reward_rl"], paired["reward_sft"], n_resamples=n_resamples, seed=seed
+        paired["reward_rl"], paired[f"reward_{start_name}"], n_resamples=n_resamples, seed=seed
     )
-    out: dict[str, float | int | bool] = {
+    out: dict[str, float | int | bool | str] = {
         "passed": bool(gain.ci_low > min_gain),
+        "gate_reference": start_name,
         "min_reward_gain": min_gain,
         "val_patients": len(paired),
         "val_reward_gain": gain.observed,
@@ -301,7 +316,7 @@ def reward_gate(
         "val_reward_gain_confidence": gain.confidence,
         "val_reward_gain_resamples": gain.n_resamples,
     }
-    for policy in ("sft", "rl"):
+    for policy in (start_name, "rl"):
         for column in REWARD_COLUMNS:
             out[f"val_{column}_{policy}"] = float(paired[f"{column}_{policy}"].mean())
     return out
@@ -478,9 +493,10 @@ def sft_checkpoint(
             "rl_reward_improved",
             asset="rl_checkpoint",
             blocking=True,
-            description="RL policy credibly better than SFT on held-out validation patients: "
-            "the lower bound of the 95 % paired bootstrap interval of the per-patient reward "
-            "RL − SFT exceeds min_reward_gain; both answer greedily under evaluation's scaffold.",
+            description="RL policy credibly better than the policy it started from (SFT; the "
+            "base model with start_from=base) on held-out validation patients: the lower bound "
+            "of the 95 % paired bootstrap interval of the per-patient reward RL − start exceeds "
+            "min_reward_gain; both answer greedily under evaluation's scaffold.",
         )
     ],
 )
@@ -493,12 +509,14 @@ def rl_checkpoint(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Stage 2: GRPO from the SFT adapter on train prompts, reward λ·R_cls + (1−λ)·R_att plus
+    """Stage 2: GRPO from the SFT adapter (or, start_from=base, a fresh adapter on the base
+    model: the ablation without Stage 1) on train prompts, reward λ·R_cls + (1−λ)·R_att plus
     the format term, with the entropy-aware adaptive upper clip; groups sampled under the
     evaluation's scaffold. trl logs every step to MLflow (reward parts, frac_reward_zero_std,
     clip_ratio/*, adaptive_clip/*); the manifest adds how many groups had reward spread, the ε
     and clip summary and the gate's paired comparison with the SFT policy."""
-    require_passing_upstream_checks(context)
+    from_base = config.start_from == "base"
+    require_passing_upstream_checks(context, ignore={"sft_checkpoint"} if from_base else ())
     import mlflow
 
     from eagrl_pipeline.training.grpo import grpo_row
@@ -508,7 +526,7 @@ def rl_checkpoint(
     settings.validate(compute.num_processes)
     partition = context.partition_key
     dataset, _ = split_partition(partition)
-    sft_adapter = home.artifact_dir("sft_checkpoint", partition) / "adapter"
+    sft_adapter = None if from_base else home.artifact_dir("sft_checkpoint", partition) / "adapter"
     prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
     train = sample_patients(
         prompts[prompts["split"] == "train"], config.max_train_prompts, config.seed
@@ -535,7 +553,8 @@ def rl_checkpoint(
         val = sample_patients(prompts[prompts["split"] == "val"], config.val_prompts, config.seed)
         weights = settings.reward_weights()
         scored = {}
-        for name, adapter in (("sft", sft_adapter), ("rl", Path(outcome["adapter_dir"]))):
+        start_name = config.start_from  # the gate compares RL with the policy it started from
+        for name, adapter in ((start_name, sft_adapter), ("rl", Path(outcome["adapter_dir"]))):
             scored[name] = policy_answers(
                 home, llm, device, adapter, val, matcher, expert_top, weights,
                 config.val_max_new_tokens, config.seed,
@@ -543,14 +562,18 @@ def rl_checkpoint(
                 batch_size=config.val_batch_size,
             )  # fmt: skip
         gate = reward_gate(
-            scored["sft"], scored["rl"], config.min_reward_gain,
+            scored[start_name], scored["rl"], config.min_reward_gain, start_name=start_name,
             n_resamples=config.gate_resamples, seed=config.seed,
         )  # fmt: skip
         history = outcome.pop("log_history")
         summary = summarize_log_history(
             history, settings.groups_per_generation(compute.num_processes)
         )
-        logged = {k: float(v) for k, v in {**gate, **summary}.items() if k != "passed"}
+        logged = {
+            k: float(v)
+            for k, v in {**gate, **summary}.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         mlflow.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)})
         mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
         run_id = run.info.run_id
@@ -562,6 +585,7 @@ def rl_checkpoint(
         **gate_figures,
         "val_reward_gate_passed": gate["passed"],
         **summary,
+        "start_from": config.start_from,
         "train_reward_per_step": rewards,
     }
     adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
@@ -579,6 +603,7 @@ def rl_checkpoint(
                 **summary,
                 **gate_figures,
                 "val_parse_fraction_rl": float(scored["rl"]["valid"].mean()),
+                "start_from": config.start_from,
                 "device": device,
                 "precision": precision,
             }

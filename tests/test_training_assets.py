@@ -225,6 +225,60 @@ def test_indivisible_grpo_batch_is_refused_before_training(training_run):
     assert any("divisible by num_generations=4" in m for m in messages), messages
 
 
+def test_rl_checkpoint_can_start_from_the_base_model(training_run, tmp_path):
+    """GRPO without Stage 1 (the paper's ablation): no SFT adapter is read, a fresh adapter of
+    the configured rank trains on the base model, and the gate compares RL with the base model.
+    (Runs last of the fixture's tests: it replaces the partition's RL adapter.)"""
+    import shutil
+
+    from definitions import all_assets
+
+    _, home, resources, lineage = training_run
+    sft_dir = home / "artifacts" / "sft_checkpoint" / PARTITION
+    hidden = tmp_path / "sft_checkpoint"
+    shutil.move(sft_dir, hidden)  # nothing of Stage 1 on disk
+    try:
+        result = materialize(
+            all_assets,
+            selection=AssetSelection.assets("rl_checkpoint"),
+            partition_key=PARTITION,
+            resources=resources,
+            instance=lineage["instance"],
+            run_config={
+                "ops": {
+                    "rl_checkpoint": {
+                        "config": {
+                            "start_from": "base",
+                            "lora_r": 4,
+                            "max_steps": 2,
+                            "max_train_prompts": 2,
+                            "max_completion_length": 24,
+                            "val_prompts": 2,
+                            "val_max_new_tokens": 16,
+                            "min_reward_gain": -10.0,
+                            "gate_resamples": 200,
+                        }
+                    }
+                }
+            },
+            raise_on_error=False,
+        )
+    finally:
+        shutil.move(hidden, sft_dir)
+    assert result.success
+    out = home / "artifacts" / "rl_checkpoint" / PARTITION
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["start_from"] == "base" and manifest["gate_reference"] == "base"
+    assert manifest["global_step"] == 2
+    gain = manifest["val_reward_rl"] - manifest["val_reward_base"]
+    assert manifest["val_reward_gain"] == pytest.approx(gain)
+    assert not any(key.endswith("_sft") for key in manifest)
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4
+    meta = result.asset_materializations_for_node("rl_checkpoint")[0].metadata
+    assert meta["start_from"].value == "base"
+
+
 def _answers(rewards: list[float], patients: list[int]) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -253,6 +307,12 @@ def test_reward_gate_needs_a_credible_improvement() -> None:
     assert not reward_gate(_answers(sft, patients), _answers(better, patients), 0.06)["passed"]
     with pytest.raises(ValueError, match="same validation patients"):
         reward_gate(_answers(sft, patients), _answers(sft[:19], patients[:19]), 0.01)
+    from_base = reward_gate(
+        _answers(sft, patients), _answers(better, patients), 0.01, start_name="base"
+    )
+    assert from_base["gate_reference"] == "base" and from_base["passed"]
+    assert from_base["val_reward_rl"] - from_base["val_reward_base"] == pytest.approx(0.05)
+    assert not any(key.endswith("_sft") for key in from_base)
 
 
 def test_publish_moves_a_staged_merged_model_and_drops_a_stale_one(tmp_path):

@@ -1,4 +1,5 @@
-"""Stage 2 policy: GRPO from the SFT adapter with the EAG-RL reward and the adaptive upper clip.
+"""Stage 2 policy: GRPO from the SFT adapter (or, for the ablation without Stage 1, a fresh adapter
+on the base model) with the EAG-RL reward and the adaptive upper clip.
 
 The reward is trl's weighted sum of our three reward functions (``r_cls``, ``r_att``,
 ``r_format``; ``reward_weights = [λ, 1−λ, w_fmt]``), so trl logs each part. The groups are sampled
@@ -34,6 +35,7 @@ from eagrl_pipeline.training.sft import (
 )
 
 REWARD_NAMES = ("r_cls", "r_att", "r_format")
+START_FROM = ("sft", "base")
 Row = dict[str, Any]
 
 
@@ -74,6 +76,11 @@ class GRPOSettings:
     guided_generation: bool = True
     guided_steps: int = 1
     scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
+    # Where the policy starts: the SFT adapter (EAG-RL's two stages), or a fresh LoRA adapter of
+    # rank ``lora_r`` on the base model (GRPO without Stage 1, the paper's "w/o SFT" ablation).
+    start_from: str = "sft"
+    lora_r: int = 8
+    lora_alpha: int = 16
     # The calling stage's code version: part of the run fingerprint, so a resumable checkpoint
     # written by other code is never resumed (it would skip training a finished run).
     code_version: str = ""
@@ -110,6 +117,15 @@ class GRPOSettings:
                 f"gradient_accumulation_steps={accum} x processes={num_processes} = {effective}) "
                 f"must be divisible by num_generations={self.num_generations}; e.g. set "
                 f"per_device_train_batch_size to a multiple of {self.num_generations}"
+            )
+        if self.start_from not in START_FROM:
+            raise ValueError(
+                f"start_from={self.start_from!r}: choose from {START_FROM} (the SFT adapter, "
+                "or a fresh LoRA adapter on the base model)"
+            )
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise ValueError(
+                f"lora_r and lora_alpha must be >= 1, got {self.lora_r}, {self.lora_alpha}"
             )
         if self.guided_steps < 0:
             raise ValueError(f"guided_steps must be >= 0, got {self.guided_steps}")
@@ -307,9 +323,52 @@ def summarize_log_history(
     return summary
 
 
+@dataclass(frozen=True)
+class _StartPolicy:
+    """The policy GRPO starts from: the SFT adapter, or a fresh adapter on the base model."""
+
+    settings: GRPOSettings
+    adapter_dir: Path | None
+    digest: str
+
+    def load(self, model_dir: str | Path, precision: str) -> Any:
+        from peft import PeftModel, get_peft_model
+
+        from eagrl_pipeline.training.sft import LoraSettings
+
+        base = load_policy_model(model_dir, precision)
+        if self.adapter_dir is not None:
+            return PeftModel.from_pretrained(base, str(self.adapter_dir), is_trainable=True)
+        import torch
+
+        torch.manual_seed(self.settings.seed)  # the fresh adapter's initialisation
+        lora = LoraSettings(r=self.settings.lora_r, alpha=self.settings.lora_alpha, dropout=0.0)
+        return get_peft_model(base, lora.peft_config())
+
+
+def _start_policy(sft_adapter_dir: str | Path | None, settings: GRPOSettings) -> _StartPolicy:
+    if settings.start_from == "base":
+        if sft_adapter_dir is not None:
+            raise ValueError(
+                "start_from='base' trains a fresh adapter on the base model: pass no SFT adapter "
+                "(or set start_from='sft' to continue it)"
+            )
+        return _StartPolicy(settings, None, "base")
+    if sft_adapter_dir is None or not (Path(sft_adapter_dir) / "adapter_config.json").exists():
+        raise FileNotFoundError(
+            f"{sft_adapter_dir} holds no LoRA adapter (adapter_config.json); materialize "
+            "sft_checkpoint for this partition first, or start GRPO from the base model "
+            "(start_from='base')"
+        )
+    adapter = hashlib.sha256()
+    for path in sorted(p for p in Path(sft_adapter_dir).iterdir() if p.is_file()):
+        adapter.update(path.read_bytes())
+    return _StartPolicy(settings, Path(sft_adapter_dir), adapter.hexdigest())
+
+
 def train_grpo(
     model_dir: str | Path,
-    sft_adapter_dir: str | Path,
+    sft_adapter_dir: str | Path | None,
     rows: Sequence[Row],
     matcher: FeatureMatcher,
     settings: GRPOSettings,
@@ -321,36 +380,27 @@ def train_grpo(
     report_to: Sequence[str] = ("none",),
     callbacks: Sequence[Any] = (),
 ) -> GRPOOutcome:
-    """Continue the SFT adapter with GRPO; write ``adapter/`` under ``output_dir`` atomically.
+    """Continue the SFT adapter with GRPO (``settings.start_from="base"``: train a fresh LoRA
+    adapter on the base model, and ``sft_adapter_dir`` must be None); write ``adapter/`` under
+    ``output_dir`` atomically.
 
     Checkpoints go to ``output_dir/runs/<fingerprint>`` (settings, model, SFT adapter, prompts):
     an interrupted run resumes from the last one; the folder is removed once the adapter is out.
     """
     from datasets import Dataset
-    from peft import PeftModel
 
     from eagrl_pipeline.paths import atomic_path
 
     settings.validate(num_processes)
     if not rows:
         raise ValueError("GRPO needs at least one training prompt")
-    sft_adapter_dir = Path(sft_adapter_dir)
-    if not (sft_adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(
-            f"{sft_adapter_dir} holds no LoRA adapter (adapter_config.json); materialize "
-            "sft_checkpoint for this partition first"
-        )
     output_dir = Path(output_dir)
-    adapter = hashlib.sha256()
-    for path in sorted(p for p in sft_adapter_dir.iterdir() if p.is_file()):
-        adapter.update(path.read_bytes())
-    fingerprint = run_fingerprint(asdict(settings), str(model_dir), adapter.hexdigest(), list(rows))
+    start = _start_policy(sft_adapter_dir, settings)
+    fingerprint = run_fingerprint(asdict(settings), str(model_dir), start.digest, list(rows))
     run_dir = output_dir / "runs" / fingerprint
     resume = last_checkpoint(run_dir)
     tokenizer = load_tokenizer(model_dir)
-    model = PeftModel.from_pretrained(
-        load_policy_model(model_dir, precision), str(sft_adapter_dir), is_trainable=True
-    )
+    model = start.load(model_dir, precision)
     trainer = GuidedGRPOTrainer(
         model=model,
         reward_funcs=reward_functions(settings, matcher),

@@ -48,7 +48,7 @@ def sft_spec(
 
 def grpo_spec(
     model_dir: str | Path,
-    sft_adapter_dir: str | Path,
+    sft_adapter_dir: str | Path | None,
     rows: Sequence[dict[str, Any]],
     feature_names: Sequence[str],
     aliases: dict[str, str],
@@ -62,7 +62,7 @@ def grpo_spec(
 ) -> dict[str, Any]:
     return {
         "model_dir": str(model_dir),
-        "sft_adapter_dir": str(sft_adapter_dir),
+        "sft_adapter_dir": None if sft_adapter_dir is None else str(sft_adapter_dir),
         "rows": list(rows),
         "feature_names": list(feature_names),
         "aliases": dict(aliases),
