@@ -81,9 +81,10 @@ partition_job = define_asset_job(
 )
 generalization_job = define_asset_job(
     "cross_dataset_report",
-    selection=AssetSelection.assets("generalization_report"),
-    description="MIMIC-IV-trained policies on TJH and back (unpartitioned): run after the "
-    "mortality partitions of partition_lineage.",
+    selection=AssetSelection.assets("generalization_report", "comparison_report"),
+    description="MIMIC-IV-trained policies on TJH and back, then the comparison of every "
+    "method across the dataset-tasks (unpartitioned): run after the partitions of "
+    "partition_lineage.",
 )
 
 

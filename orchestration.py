@@ -235,7 +235,8 @@ def build_cross_dataset_sensor(
         request_job=report_job,
         default_status=DefaultSensorStatus.RUNNING,
         description="When a mortality partition's run succeeds and both mortality partitions "
-        "have an evaluation report, start cross_dataset_report once for that run.",
+        "have an evaluation report, start cross_dataset_report (the generalization and the "
+        "comparison reports) once for that run.",
     )
     def cross_dataset_after_partitions(context: RunStatusSensorContext):
         from dagster import AssetKey

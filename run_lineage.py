@@ -296,6 +296,7 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     for partition in COHORTS:
         print(f"  {artifacts / 'evaluation_report' / partition / 'report.html'}")
     print(f"  {artifacts / 'generalization_report' / '_' / 'report.html'}")
+    print(f"  {artifacts / 'comparison_report' / '_' / 'report.html'}  (methods x dataset-tasks)")
     print(f"checkpoints:         {artifacts}/sft_checkpoint|rl_checkpoint/<partition>/adapter/")
     print(f"trajectories:        {artifacts}/mcts_trajectories/<partition>/trajectories.jsonl")
     print(f"warehouse (DuckDB):  {Path(EAGRL_HOME) / 'warehouse.duckdb'}")

@@ -21,7 +21,7 @@ from dagster import (
     SpecificPartitionsPartitionMapping,
     asset,
 )
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import (
@@ -32,9 +32,15 @@ from assets.llm_inputs import (
     load_cohort,
     sample_patients,
 )
-from assets.partitions import cohort_partitions, split_partition
+from assets.partitions import COHORTS, cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
 from assets.versioning import versioned
+from eagrl_pipeline.evaluation.comparison import (
+    DEFAULT_METHODS,
+    PartitionResults,
+    build_comparison,
+    render_comparison,
+)
 from eagrl_pipeline.evaluation.predictions import (
     GenerationSettings,
     LLMAnswers,
@@ -47,7 +53,12 @@ from eagrl_pipeline.evaluation.predictions import (
     shared_features,
     write_combined_report,
 )
-from eagrl_pipeline.evaluation.report import ModelPredictions, build_report, write_report
+from eagrl_pipeline.evaluation.report import (
+    ModelPredictions,
+    build_report,
+    write_report,
+    write_texts,
+)
 from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
 from eagrl_pipeline.experts import load_expert
 from eagrl_pipeline.paths import atomic_path
@@ -719,3 +730,121 @@ def generalization_report(
         for name in LLM_MODELS:
             metadata[f"{key}_test_auroc_{name}"] = _auroc(section.report, name)
     return versioned(context, MaterializeResult(metadata=metadata), config)
+
+
+class ComparisonConfig(Config):
+    methods: list[str] = Field(
+        default=list(DEFAULT_METHODS),
+        description="Rows of the comparison, in order: models the evaluation reports scored "
+        "(base, sft, rl, expert); a row a partition did not score reads 'not materialized'.",
+    )
+    reference: str = Field(
+        default="rl",
+        description="The row every other is compared with (paired bootstrap on the same test "
+        "patients): rl, EAG-RL's policy.",
+    )
+    bootstrap_resamples: int = Field(default=1000, ge=0, description="Paired resamples.")
+    bootstrap_seed: int = Field(default=42, description="Seed of the paired bootstrap.")
+
+    @model_validator(mode="after")
+    def _reference_is_a_row(self) -> "ComparisonConfig":
+        if self.reference not in self.methods:
+            raise ValueError(
+                f"reference {self.reference!r} is not among methods {self.methods}: add it to "
+                "methods or choose one of them"
+            )
+        return self
+
+
+def _evaluation_results(home: EagrlHome, partition: str) -> PartitionResults | None:
+    """A partition's evaluation outputs, or None where they were never written."""
+    folder = home.artifacts / "evaluation_report" / partition
+    files = [folder / name for name in EVALUATION_FILES]
+    if not all(path.exists() for path in files):
+        return None
+    report = json.loads(files[0].read_text())
+    predictions = pd.concat([pd.read_parquet(path) for path in files[1:]], ignore_index=True)
+    return PartitionResults(report, predictions)
+
+
+EVALUATION_FILES = ("report.json", "llm_predictions.parquet", "expert_predictions.parquet")
+
+
+def _provenance(context: AssetExecutionContext, partition: str) -> dict[str, str | None]:
+    """The Dagster and MLflow runs behind a partition's evaluation report (a cell's source)."""
+    from dagster import AssetKey
+
+    record = context.instance.get_latest_data_version_record(
+        AssetKey("evaluation_report"), partition_key=partition
+    )
+    event = record.asset_materialization if record else None
+    if event is None:
+        return {"dagster_run_id": None, "mlflow_run_id": None}
+    value = (event.metadata or {}).get("mlflow_run_id")
+    return {"dagster_run_id": record.run_id, "mlflow_run_id": getattr(value, "value", value)}
+
+
+@asset(
+    group_name="evaluation",
+    kinds={"mlflow"},
+    deps=["evaluation_report", "generalization_report"],
+)
+def comparison_report(
+    context: AssetExecutionContext,
+    config: ComparisonConfig,
+    home: EagrlHome,
+    mlflow_tracking: MlflowTracking,
+):
+    """Methods x dataset-tasks from whatever evaluation reports exist: AUROC/AUPRC (bootstrap
+    mean ± std), each row's paired bootstrap difference from the reference row on the same
+    test patients, robustness per permutation level, parse rate and Jaccard, the
+    generalization directions; cells of partitions not materialized say so. Markdown, JSON and
+    a self-contained HTML page with a plot per metric; each column names its Dagster and MLflow
+    runs."""
+    partitions = {p: _evaluation_results(home, p) for p in COHORTS}
+    generalization_path = home.artifacts / "generalization_report" / "_" / "report.json"
+    generalization = (
+        json.loads(generalization_path.read_text()) if generalization_path.exists() else None
+    )
+    comparison = build_comparison(
+        partitions,
+        methods=config.methods,
+        reference=config.reference,
+        generalization=generalization,
+        n_resamples=config.bootstrap_resamples,
+        seed=config.bootstrap_seed,
+    )
+    comparison["provenance"] = {
+        p: _provenance(context, p) for p, results in partitions.items() if results is not None
+    }
+    texts = {
+        "json": json.dumps(comparison, indent=2, allow_nan=False) + "\n",
+        **render_comparison(comparison),
+    }
+    out_dir = home.artifact_dir("comparison_report")
+    paths = write_texts(out_dir, texts)
+    cells = [c for row in comparison["cells"].values() for c in row.values()]
+    materialized = sum(c["status"] == "ok" for c in cells)
+    run_id = _log_mlflow(
+        context,
+        mlflow_tracking,
+        "comparison",
+        "comparison",
+        config.model_dump(),
+        {"cells_materialized": materialized, "cells_missing": len(cells) - materialized},
+        list(paths.values()),
+    )
+    return versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
+                **_paths_metadata(paths),
+                "cells_materialized": materialized,
+                "cells_missing": len(cells) - materialized,
+                "partitions": ", ".join(p for p, r in partitions.items() if r is not None),
+                "mlflow_run_id": run_id,
+            }
+        ),
+        config,
+    )

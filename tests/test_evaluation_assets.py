@@ -279,6 +279,46 @@ def test_generalization_report_both_directions(generalization_run):
     assert f"{forward}_test_auroc_rl" in meta and meta["mlflow_run_id"].value
 
 
+@pytest.mark.slow
+def test_comparison_report_lines_up_what_was_evaluated(
+    evaluation_run, generalization_run, evaluation_setup
+):
+    """After one partition's evaluation (and the cross-dataset report): its column is filled,
+    with the runs it came from; the partitions never evaluated say "not materialized"."""
+    from assets.partitions import COHORTS
+
+    evaluation, _ = evaluation_run
+    result = materialize(
+        _evaluation_assets(),
+        selection=AssetSelection.assets("comparison_report"),
+        resources=evaluation_setup["resources"],
+        instance=evaluation_setup["instance"],
+        run_config={"ops": {"comparison_report": {"config": {"bootstrap_resamples": 50}}}},
+    )
+    assert result.success
+    out = evaluation_setup["home"] / "artifacts" / "comparison_report" / "_"
+    comparison = json.loads((out / "report.json").read_text())
+    assert comparison["columns"] == list(COHORTS) and comparison["reference"] == "rl"
+    for method in ("base", "sft", "rl", "expert"):
+        assert comparison["cells"][method][PARTITION]["status"] == "ok"
+    versus = comparison["cells"]["base"][PARTITION]["vs_reference"]
+    assert versus["n_patients"] == 12 and versus["auroc"]["n_resamples"] <= 50
+    never = [c for c in COHORTS if not (out.parent.parent / "evaluation_report" / c).exists()]
+    assert never  # the fixture evaluates one partition only
+    for column in never:
+        assert comparison["cells"]["rl"][column]["status"] == "not materialized"
+    evaluated = evaluation.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert comparison["provenance"][PARTITION]["mlflow_run_id"] == evaluated["mlflow_run_id"].value
+    assert comparison["provenance"][PARTITION]["dagster_run_id"] == evaluation.run_id
+    assert set(comparison["generalization"]) == {"base", "sft", "rl"}
+    markdown = (out / "report.md").read_text()
+    assert "not materialized" in markdown and "Generalization" in markdown
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    meta = result.asset_materializations_for_node("comparison_report")[0].metadata
+    assert meta["cells_materialized"].value == 4 * (len(COHORTS) - len(never))
+    assert meta["mlflow_run_id"].value
+
+
 def test_shared_features_match_by_name_both_ways():
     dictionary = pd.read_csv(SEED_DICTIONARY)
     mimic, tjh = (dictionary[dictionary["dataset"] == d] for d in ("mimic_iv", "tjh"))

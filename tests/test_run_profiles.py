@@ -157,5 +157,7 @@ def test_make_plan_says_what_would_run_and_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     plan = [line for line in done.stdout.splitlines() if line.startswith("[plan]")]
     assert any("tjh-mortality: missing:" in line and "rl_checkpoint" in line for line in plan)
-    assert any("cross-dataset: missing: generalization_report" in line for line in plan)
+    cross = [line for line in plan if line.startswith("[plan] cross-dataset: missing:")]
+    assert len(cross) == 1 and "generalization_report" in cross[0]
+    assert "comparison_report" in cross[0]
     assert not (tmp_path / "home" / "artifacts").exists()

@@ -225,6 +225,52 @@ def paired_bootstrap_difference(
     return PairedDifference(observed, mean, std, low, high, confidence, a.size, values.size)
 
 
+def paired_bootstrap_metric_difference(
+    y_true: Sequence[int] | np.ndarray,
+    score_a: Sequence[float] | np.ndarray,
+    score_b: Sequence[float] | np.ndarray,
+    *,
+    metric: str = "auroc",
+    n_resamples: int = 1000,
+    seed: int = 42,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """Paired bootstrap of ``metric(score_a) - metric(score_b)`` (``"auroc"`` or ``"auprc"``)
+    on the same patients and labels.
+
+    Resamples holding one class are dropped (the metrics are undefined or degenerate there), as
+    in :func:`bootstrap_metrics`; ``n_resamples`` of the result counts those used.
+
+    >>> est = paired_bootstrap_metric_difference([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9],
+    ...                                          [0.1, 0.4, 0.35, 0.8], n_resamples=0)
+    >>> est.observed
+    0.25
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+    y = np.asarray(y_true, dtype=int)
+    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
+    if not (y.shape == a.shape == b.shape) or y.ndim != 1:
+        raise ValueError(
+            f"y_true {y.shape}, score_a {a.shape} and score_b {b.shape} must be equal 1-d"
+        )
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"a {metric.upper()} difference needs both classes in y_true")
+    _check_resampling(n_resamples, confidence)
+    observed = float(METRICS[metric](y, a) - METRICS[metric](y, b))
+    resampled = RESAMPLED[metric]
+    rng = np.random.default_rng(seed)
+    parts = []
+    for index in _resample_indices(rng, y.size, n_resamples):
+        labels = y[index]
+        both = labels.min(axis=1) != labels.max(axis=1)
+        index, labels = index[both], labels[both]
+        parts.append(resampled(labels, a[index]) - resampled(labels, b[index]))
+    values = np.concatenate(parts) if parts else np.empty(0)
+    mean, std, low, high = _spread(values, observed, confidence)
+    return PairedDifference(observed, mean, std, low, high, confidence, y.size, values.size)
+
+
 def paired_bootstrap_auroc_difference(
     y_true: Sequence[int] | np.ndarray,
     score_a: Sequence[float] | np.ndarray,
@@ -234,36 +280,18 @@ def paired_bootstrap_auroc_difference(
     seed: int = 42,
     confidence: float = 0.95,
 ) -> PairedDifference:
-    """Paired bootstrap of ``AUROC(score_a) - AUROC(score_b)`` on the same patients and labels.
-
-    Resamples holding one class are dropped (AUROC is undefined there), as in
-    :func:`bootstrap_metrics`; ``n_resamples`` of the result counts those used.
+    """Paired bootstrap of ``AUROC(score_a) - AUROC(score_b)`` on the same patients and labels
+    (:func:`paired_bootstrap_metric_difference` with ``metric="auroc"``).
 
     >>> est = paired_bootstrap_auroc_difference([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9],
     ...                                         [0.1, 0.4, 0.35, 0.8], n_resamples=0)
     >>> est.observed
     0.25
     """
-    y = np.asarray(y_true, dtype=int)
-    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
-    if not (y.shape == a.shape == b.shape) or y.ndim != 1:
-        raise ValueError(
-            f"y_true {y.shape}, score_a {a.shape} and score_b {b.shape} must be equal 1-d"
-        )
-    if len(np.unique(y)) < 2:
-        raise ValueError("an AUROC difference needs both classes in y_true")
-    _check_resampling(n_resamples, confidence)
-    observed = float(roc_auc_score(y, a) - roc_auc_score(y, b))
-    rng = np.random.default_rng(seed)
-    parts = []
-    for index in _resample_indices(rng, y.size, n_resamples):
-        labels = y[index]
-        both = labels.min(axis=1) != labels.max(axis=1)
-        index, labels = index[both], labels[both]
-        parts.append(resampled_auroc(labels, a[index]) - resampled_auroc(labels, b[index]))
-    values = np.concatenate(parts) if parts else np.empty(0)
-    mean, std, low, high = _spread(values, observed, confidence)
-    return PairedDifference(observed, mean, std, low, high, confidence, y.size, values.size)
+    return paired_bootstrap_metric_difference(
+        y_true, score_a, score_b,
+        metric="auroc", n_resamples=n_resamples, seed=seed, confidence=confidence,
+    )  # fmt: skip
 
 
 def brier_score(y_true: Sequence[int] | np.ndarray, y_prob: Sequence[float] | np.ndarray) -> float:

@@ -557,23 +557,25 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: one table per section, then the notes."""
-    settings = report["settings"]
-    out = [
-        f"# {report['title']}",
-        "",
-        f"Bootstrap: {settings['n_resamples']} resamples, seed {settings['seed']}.",
-    ]
-    for table in _tables(report):
+def markdown_page(title: str, intro: str, tables: Sequence[_Table], notes: Sequence[str]) -> str:
+    """A report page as Markdown: title, one line of settings, a section per table, the notes."""
+    out = [f"# {title}", "", intro]
+    for table in tables:
         out += ["", f"## {table.title}", ""]
         if table.caption:
             out += [table.caption, ""]
         out.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
         out.append("|" + "---|" * len(table.headers))
         out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-    out += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(out) + "\n"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: one table per section, then the notes."""
+    settings = report["settings"]
+    intro = f"Bootstrap: {settings['n_resamples']} resamples, seed {settings['seed']}."
+    return markdown_page(report["title"], intro, _tables(report), report["notes"])
 
 
 def _png(fig: Any) -> str:
@@ -692,20 +694,18 @@ img { max-width: 100%; }
 """
 
 
-def render_html(
-    report: Mapping[str, Any],
-    models: Sequence[ModelPredictions],
-    robustness: Mapping[str, Mapping[float, ModelPredictions]] | None,
+def html_page(
+    title: str,
+    intro: str,
+    tables: Sequence[_Table],
+    plots: Sequence[tuple[str, str]],
+    notes: Sequence[str],
 ) -> str:
-    """A self-contained HTML page: the Markdown's tables plus plots as base64 PNG data URIs
-    (no external CSS, JS or images), so the file can be mailed or attached as-is."""
+    """A self-contained HTML page: the tables plus plots (caption, base64 PNG) as data URIs (no
+    external CSS, JS or images), so the file can be mailed or attached as-is."""
     esc = html.escape
-    settings = report["settings"]
-    body = [
-        f"<h1>{esc(report['title'])}</h1>",
-        f"<p>Bootstrap: {settings['n_resamples']} resamples, seed {settings['seed']}.</p>",
-    ]
-    for table in _tables(report):
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(intro)}</p>"]
+    for table in tables:
         body.append(f"<h2>{esc(table.title)}</h2>")
         if table.caption:
             body.append(f'<p class="caption">{esc(table.caption)}</p>')
@@ -714,7 +714,6 @@ def render_html(
             "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table.rows
         )
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    plots = _plots(report, models, robustness)
     if plots:
         body.append("<h2>Plots</h2>")
     for caption, data in plots:
@@ -722,13 +721,25 @@ def render_html(
             f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>"
         )
-    body += ["<h2>Notes</h2>", "<ul>", *(f"<li>{esc(n)}</li>" for n in report["notes"]), "</ul>"]
+    body += ["<h2>Notes</h2>", "<ul>", *(f"<li>{esc(n)}</li>" for n in notes), "</ul>"]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{esc(report['title'])}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
+
+
+def render_html(
+    report: Mapping[str, Any],
+    models: Sequence[ModelPredictions],
+    robustness: Mapping[str, Mapping[float, ModelPredictions]] | None,
+) -> str:
+    """The report as a self-contained HTML page: the Markdown's tables plus the plots."""
+    settings = report["settings"]
+    intro = f"Bootstrap: {settings['n_resamples']} resamples, seed {settings['seed']}."
+    plots = _plots(report, models, robustness)
+    return html_page(report["title"], intro, _tables(report), plots, report["notes"])
 
 
 def write_report(
