@@ -2,7 +2,8 @@
 figures, and training throughput on a synthetic MIMIC-IV cohort.
 
 The cohorts are built by the pipeline itself (raw -> dbt -> cohort_dataset, materialized into a
-temporary EAGRL_HOME), so the numbers are those of the lineage, not of a side script.
+temporary EAGRL_HOME), so the numbers are those of the lineage, not of a side script. Both
+tables are appended to ``benchmarks/results/experts.json`` (not with ``--no-record``).
 
     .venv/bin/python -m benchmarks.experts [--models concare gru ...] [--mimic-stays 10000]
 """
@@ -14,11 +15,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import torch
 
+from benchmarks.results import record
 from eagrl_pipeline.data.cohort import CohortArrays
 from eagrl_pipeline.evaluation.metrics import bootstrap_metrics
 from eagrl_pipeline.experts import MODEL_NAMES, ExpertConfig, predict_proba, train_expert
@@ -81,7 +84,8 @@ def build_cohort(home: Path, partition: str, **sources: object) -> CohortArrays:
     return CohortArrays.load(home / "artifacts" / "cohort_dataset" / partition / "arrays.npz")
 
 
-def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> None:
+def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> dict[str, Any]:
+    """Print the quality table; return its figures (x 100, as printed) for the results file."""
     test = np.flatnonzero(arrays.split == "test")
     print(
         "\n(+MB: peak resident memory added by training, over the process's footprint)",
@@ -94,6 +98,11 @@ def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> N
     )
     header = ("model", "test AUROC", "test AUPRC", "epoch", "train s", "+MB", "PyEHR", "CR")
     print("{:<12}{:>17}{:>17}{:>7}{:>9}{:>7}{:>15}{:>15}".format(*header))
+    figures: dict[str, Any] = {
+        "split": {s: int((arrays.split == s).sum()) for s in ("train", "val", "test")},
+        "resamples": resamples,
+        "models": {},
+    }
     for name in models:
         config = ExpertConfig.for_dataset("tjh")
         with PeakRss() as memory:
@@ -109,9 +118,20 @@ def quality_on_tjh(arrays: CohortArrays, models: list[str], resamples: int) -> N
             f"{fmt(pyehr):>15}{fmt(clinicrealm):>15}",
             flush=True,
         )
+        figures["models"][name] = {
+            "test_auroc_mean": round(est["auroc"].mean * 100, 2),
+            "test_auroc_std": round(est["auroc"].std * 100, 2),
+            "test_auprc_mean": round(est["auprc"].mean * 100, 2),
+            "test_auprc_std": round(est["auprc"].std * 100, 2),
+            "best_epoch": int(trained.best_epoch),
+            "train_s": round(trained.train_seconds, 1),
+            "added_rss_mb": round(memory.added_mb),
+        }
+    return figures
 
 
-def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) -> None:
+def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) -> dict[str, Any]:
+    """Print the throughput table; return its figures for the results file."""
     n_train = int((arrays.split == "train").sum())
     print(
         f"\n== training throughput, synthetic MIMIC-IV mortality: {len(arrays.y)} stays, "
@@ -120,6 +140,14 @@ def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) ->
         flush=True,
     )
     print("{:<12}{:>14}{:>12}{:>8}".format("model", "patients/s", "s/epoch", "+MB"))
+    figures: dict[str, Any] = {
+        "stays": len(arrays.y),
+        "train": n_train,
+        "visits": arrays.x.shape[1],
+        "features": arrays.x.shape[2],
+        "epochs": epochs,
+        "models": {},
+    }
     for name in models:
         config = ExpertConfig.for_dataset("mimic_iv", max_epochs=epochs, patience=epochs)
         with PeakRss() as memory:
@@ -131,6 +159,12 @@ def throughput_on_mimic(arrays: CohortArrays, models: list[str], epochs: int) ->
             f"{name:<12}{n_train / per_epoch:>14.0f}{per_epoch:>12.2f}{memory.added_mb:>8.0f}",
             flush=True,
         )
+        figures["models"][name] = {
+            "patients_per_s": round(n_train / per_epoch),
+            "s_per_epoch": round(per_epoch, 2),
+            "added_rss_mb": round(memory.added_mb),
+        }
+    return figures
 
 
 def main() -> None:
@@ -141,19 +175,23 @@ def main() -> None:
     parser.add_argument("--mimic-epochs", type=int, default=2)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="eagrl_bench_experts_"))
+    entry: dict[str, Any] = {"threads": args.threads}
     if TJH_FILE.exists():
         arrays = build_cohort(workdir / "tjh", "tjh-mortality", tjh_path=str(TJH_FILE))
-        quality_on_tjh(arrays, args.models, args.resamples)
+        entry["tjh_quality"] = quality_on_tjh(arrays, args.models, args.resamples)
     else:
         print(f"real TJH file not found at {TJH_FILE}: skipping the quality table")
     if args.mimic_stays > 0:
         arrays = build_cohort(
             workdir / "mimic", "mimic_iv-mortality", synthetic_mimic_iv_stays=args.mimic_stays
         )
-        throughput_on_mimic(arrays, args.models, args.mimic_epochs)
+        entry["mimic_iv_throughput"] = throughput_on_mimic(arrays, args.models, args.mimic_epochs)
+    if not args.no_record and len(entry) > 1:
+        record("experts", entry)
 
 
 if __name__ == "__main__":

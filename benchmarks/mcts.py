@@ -6,7 +6,8 @@ tokens per second, prefill tokens per unique prompt token, and processed tokens 
 fraction of the machine's bound: fp32 matmul FLOP/s measured in the same run divided by
 2 x parameters. The model runs in the pipeline's own precision (``--dtype auto``: bf16 on a GPU
 or an AMX CPU, else fp32); when that is bf16 the fraction of the bf16 matmul bound is printed
-too, since bf16 matmuls on AMX run ~4x faster than the fp32 bound assumes.
+too, since bf16 matmuls on AMX run ~4x faster than the fp32 bound assumes. The figures are
+appended to ``benchmarks/results/mcts.json`` (not with ``--no-record``).
 
     .venv/bin/python -m benchmarks.mcts [--patients 32] [--simulations 4] [--model PATH]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.results import record
 from eagrl_pipeline.llm.base_model import ensure_default_model
 from eagrl_pipeline.llm.generation import load_model
 from eagrl_pipeline.mcts import MCTSConfig, PatientTask, run_search
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="eagrl_bench_mcts_"))
@@ -119,6 +122,7 @@ def main() -> None:
         flush=True,
     )  # fmt: skip
     rows = []
+    searches: dict[str, dict[str, float]] = {}
     for name, cache, sequential in (("batched+reuse", "nodes", False), ("sequential", "off", True)):
         proposer = HFProposer(
             model, tokenizer,
@@ -139,8 +143,47 @@ def main() -> None:
             + (f", {rate / own_bound:5.1%} of the {dtype_name} bound" if reduced else ""),
             flush=True,
         )  # fmt: skip
+        searches[name] = {
+            "seconds": round(seconds, 2),
+            "trajectories": complete,
+            "trajectories_per_s": round(complete / seconds, 4),
+            "new_tokens_per_s": round(c.generated_tokens / seconds, 1),
+            "prefill_per_unique_prompt_token": round(c.prefill_per_unique_prompt_token, 3),
+            "prefill_tokens": c.prefill_tokens,
+            "generated_tokens": c.generated_tokens,
+            "processed_tokens_per_s": round(rate, 1),
+            "percent_of_fp32_bound": round(100 * rate / bound, 2),
+            **(
+                {f"percent_of_{dtype_name}_bound": round(100 * rate / own_bound, 2)}
+                if reduced
+                else {}
+            ),
+        }
     (_, fast_s, fast_n), (_, slow_s, slow_n) = rows
-    print(f"speed-up (trajectories/s): {(fast_n / fast_s) / (slow_n / slow_s):.2f}x")
+    speedup = (fast_n / fast_s) / (slow_n / slow_s)
+    print(f"speed-up (trajectories/s): {speedup:.2f}x")
+    if not args.no_record:
+        settings = ("patients", "simulations", "branching", "max_depth", "prompt_tokens",
+                    "step_tokens", "rollout_tokens", "threads", "dtype")  # fmt: skip
+        own_figures = {  # the model's own matmul bound, where it is not fp32
+            f"{dtype_name}_matmul_gflops": round(own / 1e9, 1),
+            f"{dtype_name}_bound_tokens_per_s": round(own_bound),
+        }
+        record(
+            "mcts",
+            {
+                "model": model_dir.name,
+                "model_dtype": dtype_name,
+                "n_params": n_params,
+                "patients_searched": len(tasks),
+                **{k: getattr(args, k) for k in settings},
+                "fp32_matmul_gflops": round(flops / 1e9, 1),
+                "fp32_bound_tokens_per_s": round(bound),
+                **(own_figures if reduced else {}),
+                "searches": searches,
+                "speedup": round(speedup, 2),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ the synthetic TJH default:
    snapshotted again: the behaviour before), run twice, the median kept.
 
 Prints both times and their ratio, and the assets each pass planned (must be none), and appends
-the result to ``benchmarks/results/no_change_run.json``.
+the result to ``benchmarks/results/no_change_run.json`` (``benchmarks.results.record``; not
+with ``--no-record``).
 
     .venv/bin/python -m benchmarks.no_change_run --stays 100000
 """
@@ -23,7 +24,6 @@ the result to ``benchmarks/results/no_change_run.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -32,8 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results" / "no_change_run.json"
+from benchmarks import results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stays", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep the home here")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
     args = parser.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="eagrl_nochange_"))
@@ -138,22 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         f"baseline_raw_s={baseline_s:.1f} speedup={ratio:.1f}x"
     )
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    history.append(
-        {
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "stays": args.stays,
-            "csv_gz_mb": round(size_mb, 1),
-            "generation_s": round(generation_s, 1),
-            "first_shared_inputs_s": round(first_s, 1),
-            "no_change_pass_s": round(no_change_s, 1),
-            "baseline_raw_step_s": [round(b, 1) for b in baseline],
-            "speedup": round(ratio, 1),
-            "shared_assets_planned": redone,
-        }
-    )
-    RESULTS.write_text(json.dumps(history, indent=2) + "\n")
+    if not args.no_record:
+        results.record(
+            "no_change_run",
+            {
+                "stays": args.stays,
+                "csv_gz_mb": round(size_mb, 1),
+                "generation_s": round(generation_s, 1),
+                "first_shared_inputs_s": round(first_s, 1),
+                "no_change_pass_s": round(no_change_s, 1),
+                "baseline_raw_step_s": [round(b, 1) for b in baseline],
+                "speedup": round(ratio, 1),
+                "shared_assets_planned": redone,
+            },
+        )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -19,17 +19,32 @@ chart items -> feature via the seed, unit conversion, GCS / capillary-refill tex
 attached by subject_id and time); a measurement whose converted value is missing is dropped;
 daily mean per (stay, date, feature); GCS total = sum of the three daily component means when
 all three exist; the last 7 calendar days with any measurement; labels as int_icu_stays_labeled.
+
+Run on its own, it times both styles in this process on one MIMIC-IV folder (``--root``, or a
+synthetic one of ``--stays`` stays), prints their seconds and ratio and appends them to
+``benchmarks/results/pandas_cohorts.json`` (not with ``--no-record``); peak memory and the
+comparison with DuckDB/dbt need separate processes, which ``benchmarks/warehouse.py`` runs.
+
+    .venv/bin/python -m benchmarks.pandas_cohorts [--stays 10000 | --root DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.results import record
+
 PandasStyle = Literal["vectorised", "per_stay"]
+STYLES: tuple[PandasStyle, ...] = ("vectorised", "per_stay")
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "dbt_project" / "seeds"
 MAX_VISITS = 7
@@ -258,3 +273,58 @@ def build_cohorts_pandas(
         )
         for task in ("mortality", "readmission")
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time each style's build of both marts on one folder; print and record the seconds."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--root", type=Path, default=None, help="a MIMIC-IV hosp/ + icu/ folder")
+    source.add_argument("--stays", type=int, default=10_000, help="synthetic stays, if no --root")
+    parser.add_argument("--seed", type=int, default=0, help="of the synthetic data")
+    parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES))
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
+    args = parser.parse_args(argv)
+
+    work = None
+    root = args.root
+    if root is None:
+        from eagrl_pipeline.data.synthetic_mimic_iv import write_synthetic_mimic_iv
+
+        work = Path(tempfile.mkdtemp(prefix="eagrl_bench_pandas_"))
+        started = time.perf_counter()
+        root = write_synthetic_mimic_iv(work / "mimic_iv", n_stays=args.stays, seed=args.seed)
+        print(f"[{args.stays} stays] generated in {time.perf_counter() - started:.1f} s")
+    styles: dict[str, dict[str, float | int]] = {}
+    walls: dict[str, float] = {}
+    try:
+        for style in args.styles:
+            wall, cpu = time.perf_counter(), time.process_time()
+            marts = build_cohorts_pandas(root, style=style)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            walls[style] = wall
+            visits = len(marts["cohort_mimic_iv_mortality"])
+            stays = int(marts["cohort_mimic_iv_mortality"]["patient_id"].nunique())
+            styles[style] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                             "out_rows": visits, "out_stays": stays}  # fmt: skip
+            print(f"  pandas ({style}): {wall:.1f} s wall, {cpu:.1f} s CPU; {visits:,} visit rows "
+                  f"of {stays:,} stays", flush=True)  # fmt: skip
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    entry: dict[str, object] = {
+        "root": "synthetic" if args.root is None else str(args.root),
+        **({"stays": args.stays, "seed": args.seed} if args.root is None else {}),
+        **styles,
+    }
+    if walls.keys() >= set(STYLES):
+        ratio = walls["per_stay"] / walls["vectorised"]
+        entry["per_stay_over_vectorised"] = round(ratio, 1)
+        print(f"per-stay / vectorised: {ratio:.1f}x")
+    if not args.no_record:
+        record("pandas_cohorts", entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,8 @@ Peak memory is the process's resident set, polled, per phase (``+MB``: growth ov
 at the phase's start; freed heap is returned to the OS between phases) and, on CUDA,
 ``max_memory_allocated``. On a loaded machine use ``--threads 1``: two OpenMP threads on two busy
 cores spend most of their time waiting for each other. Everything is written under a temporary
-folder; the default model is converted once under ``--models-dir``.
+folder; the default model is converted once under ``--models-dir``. The figures are appended to
+``benchmarks/results/training.json`` (not with ``--no-record``).
 
     .venv/bin/python -m benchmarks.training [--model default|tiny] [--sft-steps 6] [--grpo-steps 4]
 """
@@ -57,6 +58,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOTrainer
 
 from benchmarks.experts import PeakRss
+from benchmarks.results import record
 from eagrl_pipeline.prompts import (
     FeatureMatcher,
     FeatureSpec,
@@ -734,6 +736,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
     args = parser.parse_args()
     if args.sft_steps < 1 or args.grpo_steps < 1 or args.patients < 2:
         parser.error("--sft-steps and --grpo-steps must be >= 1, --patients >= 2")
@@ -828,7 +831,11 @@ def main() -> None:
         "precision": precision,
         "threads": args.threads,
         "settings": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **{
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k != "no_record"
+            },
             "num_iterations": NUM_ITERATIONS,
             "prompt_tokens_mean": statistics.mean(prompt_tokens),
             "sft_completion_tokens_mean": statistics.mean(completion_tokens),
@@ -842,6 +849,8 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"\nfigures written to {args.out}")
+    if not args.no_record:
+        record("training", figures)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ For each size a synthetic MIMIC-IV folder is generated (timed, but not part of e
 then each path runs in its own subprocess so that its wall time and peak memory are its own. The
 peak is the maximum of the summed RSS of the whole process tree (dbt runs as a grandchild),
 polled every 0.1 s; a tree above ``--mem-limit-gb`` is killed and reported, so the pandas path
-cannot take the machine down. At the smallest size the two paths' marts are cross-checked.
+cannot take the machine down. At the smallest size the two paths' marts are cross-checked. The
+summary table is appended to ``benchmarks/results/warehouse.json`` (not with ``--no-record``).
 
     .venv/bin/python -m benchmarks.warehouse --sizes 1000 10000 100000
 """
@@ -33,6 +34,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import psutil
+
+from benchmarks.results import record
 
 REPO = Path(__file__).resolve().parent.parent
 DBT_DIR = REPO / "dbt_project"
@@ -309,6 +312,38 @@ def print_table(rows: list[dict]) -> None:
                 print(f"    {name}: {m.killed or f'exit {m.rc}'}")
 
 
+def table_entry(rows: list[dict]) -> list[dict[str, object]]:
+    """The summary table's rows as the results file keeps them: per path its wall and CPU
+    seconds, peak MB and stage seconds, or why it failed; pandas' ratios are over DuckDB's."""
+
+    def path(m: Measurement, extra: dict[str, float]) -> dict[str, object]:
+        if not m.ok:
+            return {"peak_mb": round(m.peak_mb), "failed": m.killed or f"exit {m.rc}"}
+        stages = {k: round(v, 1) for k, v in m.report.items() if k != "counts"}
+        return {"wall_s": round(m.wall_s, 1), "cpu_s": round(m.cpu_s, 1),
+                "peak_mb": round(m.peak_mb), **stages, **extra}  # fmt: skip
+
+    out = []
+    for r in rows:
+        d = r["duck"]
+        row: dict[str, object] = {
+            "stays": r["n"],
+            "chartevents_rows": r["chart"],
+            "out_rows": r["out"],
+            "generation_s": round(r["gen"], 1),
+            "duckdb": path(d, {"rows_per_s": round(r["chart"] / d.wall_s)}),
+        }
+        for style, p in r["pand"].items():
+            ratios = (
+                {"over_duckdb": round(p.wall_s / d.wall_s, 1),
+                 "cpu_over_duckdb": round(p.cpu_s / d.cpu_s, 1)}
+                if d.ok else {}
+            )  # fmt: skip
+            row[f"pandas_{style}"] = path(p, ratios)
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -325,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--dbt-cmd", help=argparse.SUPPRESS)
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
     args = parser.parse_args(argv)
 
     if args.child:
@@ -353,6 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:  # raw csv.gz, parquet snapshot and warehouse: GBs at 100k stays
             shutil.rmtree(Path(args.workdir) / f"stays_{n}", ignore_errors=True)
     print_table(rows)
+    if not args.no_record:
+        record(
+            "warehouse",
+            {
+                "seed": args.seed,
+                "mem_limit_gb": args.mem_limit_gb,
+                "duckdb_memory_limit": limit,
+                "ram_gib": round(ram, 1),
+                "rows": table_entry(rows),
+            },
+        )
     if temporary and not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
