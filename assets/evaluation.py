@@ -2,6 +2,7 @@
 partition's test patients, with feature-order robustness, and the cross-dataset
 generalization report (MIMIC-IV mortality <-> TJH mortality)."""
 
+import dataclasses
 import gc
 import json
 import time
@@ -63,7 +64,7 @@ from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
 from eagrl_pipeline.experts import load_expert
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.progress import progress_bar
-from eagrl_pipeline.prompts import FeatureMatcher
+from eagrl_pipeline.prompts import PROMPTING_BASELINES, FeatureMatcher, baseline_prompt
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
 
 # Report name -> the training asset whose adapter/ folder holds that policy.
@@ -170,6 +171,37 @@ CPU_PERMUTATION_LEVELS: tuple[float, ...] = (1.0,)
 class EvaluationConfig(LLMEvaluationConfig):
     """The per-partition report's knobs (the LLM ones are shared with generalization)."""
 
+    prompting_baselines: list[str] = Field(
+        default_factory=list,
+        description="Prompting baselines of the base model to score beside base/SFT/RL, each a "
+        f"report row 'base_<name>': {sorted(PROMPTING_BASELINES)} (vanilla: answer directly; "
+        "think_answer: free reasoning, then the answer). The same patients and data; with "
+        "guided decoding their answers take the baseline's shape. Empty on the CPU default.",
+    )
+
+    @field_validator("prompting_baselines")
+    @classmethod
+    def _known_baselines(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(PROMPTING_BASELINES))
+        if unknown or len(set(value)) != len(value):
+            raise ValueError(
+                f"prompting_baselines {value}: distinct names from {sorted(PROMPTING_BASELINES)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _think_fits_the_budget(self) -> "EvaluationConfig":
+        """A reasoning block that may fill max_new_tokens leaves no room for the answer."""
+        needed = self.scaffold.reasoning_tokens + self.scaffold.final_answer_tokens + 16
+        if "think_answer" in self.prompting_baselines and self.max_new_tokens < needed:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} cannot hold the think_answer baseline's "
+                f"reasoning (scaffold.reasoning_tokens={self.scaffold.reasoning_tokens}) and its "
+                f"answer: raise max_new_tokens to at least {needed} or lower "
+                "scaffold.reasoning_tokens"
+            )
+        return self
+
     permutation_levels: list[float] = Field(
         default=list(CPU_PERMUTATION_LEVELS),
         description="Shares of features whose order is permuted for the robustness curves. CPU "
@@ -249,6 +281,7 @@ class _Job:
     prompts: Mapping[float, PromptSet]
     matcher: FeatureMatcher
     expert_top_k: Mapping[int, list[str]]
+    settings: GenerationSettings | None = None  # the call's settings when None
 
 
 def _release_memory() -> None:
@@ -277,8 +310,9 @@ def answer_prompts(
             model, tokenizer = llm.load(home.root, device, adapter_dir=adapter)
             for job in jobs:
                 out[(job.target, job.name)] = llm_predictions(
-                    job.name, model, tokenizer, job.prompts, job.matcher, job.expert_top_k, settings
-                )
+                    job.name, model, tokenizer, job.prompts, job.matcher, job.expert_top_k,
+                    job.settings or settings,
+                )  # fmt: skip
                 bar.update(sum(len(p) for p in job.prompts.values()))
             del model, tokenizer
             _release_memory()
@@ -406,6 +440,42 @@ def _log_mlflow(
         return run.info.run_id
 
 
+def _baseline_jobs(
+    prompts: PromptSet,
+    dataset: str,
+    partition: str,
+    config: EvaluationConfig,
+    matcher: FeatureMatcher,
+    top_k: Mapping[int, list[str]],
+) -> list[_Job]:
+    """The base model's prompting baselines: the same patients, restyled prompts (permuted at
+    the same levels), answers in the baseline's guided shape."""
+    _, task = split_partition(partition)
+    jobs = []
+    for style in config.prompting_baselines:
+        restyled = [baseline_prompt(u, dataset, task, style) for u in prompts.user]
+        styled = dataclasses.replace(
+            prompts, system=tuple(s for s, _ in restyled), user=tuple(u for _, u in restyled)
+        )
+        settings = dataclasses.replace(config.generation(), plan=PROMPTING_BASELINES[style].plan)
+        jobs.append(
+            _Job(f"base_{style}", partition, _prompt_sets(styled, config), matcher, top_k,
+                 settings)
+        )  # fmt: skip
+    return jobs
+
+
+def _baselines_note(jobs: Sequence[_Job]) -> list[str]:
+    if not jobs:
+        return []
+    names = ", ".join(f"`{job.name}`" for job in jobs)
+    return [
+        f"Prompting baselines ({names}): the base model on the same patients and data, asked "
+        "to answer directly (vanilla) or to reason freely and then answer (think_answer); "
+        "they list no important features, so their Jaccard is 0 by construction."
+    ]
+
+
 def _auroc(report: Mapping[str, Any], name: str) -> float | None:
     result = report["models"][name]["auroc"]
     return None if result is None else result["mean"]
@@ -464,20 +534,22 @@ def evaluation_report(
     device = compute.configure_torch(llm=True)
     matcher = feature_matcher(warehouse, dataset)
     sets = _prompt_sets(prompts, config)
-    loads = [(None, [_Job("base", partition, sets, matcher, top_k)])] + [
+    baselines = _baseline_jobs(prompts, dataset, partition, config, matcher, top_k)
+    loads = [(None, [_Job("base", partition, sets, matcher, top_k), *baselines])] + [
         (adapters[name], [_Job(name, partition, sets, matcher, top_k)]) for name in POLICY_ASSETS
     ]
     answers = answer_prompts(context, llm, home, device, config.generation(), loads)
+    llm_models = [*LLM_MODELS, *(job.name for job in baselines)]
 
     position = {pid: i for i, pid in enumerate(arrays.patient_ids.tolist())}
     expert_sets = {
         "expert": np.array([position[pid] for pid in prompts.patient_ids]),
         "expert_all_test": np.flatnonzero(arrays.split == "test"),
     }
-    models = [answers[(partition, name)][0.0].predictions for name in LLM_MODELS]
+    models = [answers[(partition, name)][0.0].predictions for name in llm_models]
     robustness: dict[str, dict[float, ModelPredictions]] = {
         name: {lv: answers[(partition, name)][lv].predictions for lv in config.permutation_levels}
-        for name in LLM_MODELS
+        for name in llm_models
     }
     for name, idx in expert_sets.items():
         models.append(expert_predictions(name, expert, arrays, idx, device))
@@ -504,6 +576,7 @@ def evaluation_report(
         "gets its own permutation; the expert's columns get one permutation per level.",
         *_unpermutable_note(sets),
         *_training_note(home, partition),
+        *_baselines_note(baselines),
     ]
     report = build_report(
         f"EAG-RL evaluation: {partition}",
@@ -520,7 +593,7 @@ def evaluation_report(
     predictions_paths = [
         _write_parquet(_records(answers), out_dir / "llm_predictions.parquet"),
         _write_parquet(
-            _expert_records(models[len(LLM_MODELS) :], robustness),
+            _expert_records(models[len(llm_models) :], robustness),
             out_dir / "expert_predictions.parquet",
         ),
     ]
@@ -734,9 +807,11 @@ def generalization_report(
 
 class ComparisonConfig(Config):
     methods: list[str] = Field(
-        default=list(DEFAULT_METHODS),
-        description="Rows of the comparison, in order: models the evaluation reports scored "
-        "(base, sft, rl, expert); a row a partition did not score reads 'not materialized'.",
+        default_factory=list,
+        description="Rows of the comparison, in order (models the evaluation reports scored: "
+        "base, base_<prompting baseline>, sft, rl, expert); empty: every model any report "
+        f"scored, at least {list(DEFAULT_METHODS)}. A row a partition did not score reads "
+        "'not materialized'.",
     )
     reference: str = Field(
         default="rl",
@@ -748,7 +823,7 @@ class ComparisonConfig(Config):
 
     @model_validator(mode="after")
     def _reference_is_a_row(self) -> "ComparisonConfig":
-        if self.reference not in self.methods:
+        if self.methods and self.reference not in self.methods:
             raise ValueError(
                 f"reference {self.reference!r} is not among methods {self.methods}: add it to "
                 "methods or choose one of them"
@@ -808,7 +883,7 @@ def comparison_report(
     )
     comparison = build_comparison(
         partitions,
-        methods=config.methods,
+        methods=config.methods or None,
         reference=config.reference,
         generalization=generalization,
         n_resamples=config.bootstrap_resamples,

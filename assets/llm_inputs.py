@@ -36,6 +36,12 @@ class ScaffoldCaps(Config):
         ge=1,
         description="Names the important-features slot may list (only the prompt's features).",
     )
+    reasoning_tokens: int = Field(
+        default=48,
+        ge=1,
+        description="Cap of the think-then-answer baseline's free reasoning (about what the "
+        "tagged format's steps and final block hold together).",
+    )
 
     def scaffold(self) -> ScaffoldConfig:
         return ScaffoldConfig(
@@ -45,6 +51,7 @@ class ScaffoldCaps(Config):
             features_tokens=self.features_tokens,
             final_answer_tokens=self.final_answer_tokens,
             max_listed_features=self.max_listed_features,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 

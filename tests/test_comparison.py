@@ -109,3 +109,15 @@ def test_rendered_pages_hold_every_cell_and_a_plot_per_metric(partitions):
         assert column in md
     assert page.count("data:image/png;base64,") == 2  # AUROC and AUPRC
     assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_rows_default_to_every_model_scored_in_the_papers_order():
+    with_baseline = _partition(3, {"rl": 0.5, "base_vanilla": 0.1, "expert": 0.9, "base": 0.0})
+    comparison = build_comparison(
+        {"tjh-mortality": with_baseline, "mimic_iv-mortality": None}, n_resamples=20
+    )
+    # sft is in no report: a row all the same, "not materialized", never a vanishing one
+    assert comparison["methods"] == ["base", "base_vanilla", "rl", "expert", "sft"]
+    assert comparison["cells"]["sft"]["tjh-mortality"]["status"] == NOT_MATERIALIZED
+    vanilla = comparison["cells"]["base_vanilla"]["tjh-mortality"]["vs_reference"]
+    assert vanilla["auroc"]["n"] == N

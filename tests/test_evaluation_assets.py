@@ -109,7 +109,17 @@ def evaluation_run(evaluation_setup):
         partition_key=PARTITION,
         resources=evaluation_setup["resources"],
         instance=evaluation_setup["instance"],
-        run_config={"ops": {"evaluation_report": {"config": LLM_CONFIG}}},
+        run_config={
+            "ops": {
+                "evaluation_report": {
+                    "config": {
+                        **LLM_CONFIG,
+                        "prompting_baselines": ["vanilla", "think_answer"],
+                        "scaffold": {"reasoning_tokens": 24},
+                    }
+                }
+            }
+        },
     )
     return result, evaluation_setup["home"] / "artifacts" / "evaluation_report" / PARTITION
 
@@ -119,13 +129,14 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
     result, out = evaluation_run
     assert result.success
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"base", "sft", "rl", "expert", "expert_all_test"}
+    baselines = {"base_vanilla", "base_think_answer"}
+    assert set(report["models"]) == {"base", "sft", "rl", "expert", "expert_all_test", *baselines}
     models = report["models"]
     arrays = CohortArrays.load(
         evaluation_setup["home"] / "artifacts" / "cohort_dataset" / PARTITION / "arrays.npz"
     )
     n_test = int((arrays.split == "test").sum())
-    for name in ("base", "sft", "rl", "expert"):
+    for name in ("base", "sft", "rl", "expert", *baselines):
         assert models[name]["n_patients"] == 12
         assert models[name]["auroc"] is not None and models[name]["brier"] is not None
         assert models[name]["auroc"]["n_resamples"] <= 50
@@ -143,11 +154,21 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
         assert [row["level"] for row in entry["levels"]] == robust["levels"]
         assert all(row["auroc"] is not None for row in entry["levels"])
         assert entry["kind"] == ("expert" if name.startswith("expert") else "llm")
-    assert set(report["relative_improvement"]) == {"sft", "rl"}
+    assert set(report["relative_improvement"]) == {"sft", "rl", *baselines}
     assert report["headline"]["model"] == "rl" and report["headline"]["base_model"] == "base"
     assert EXPERT_PERMUTATION_NOTE in report["notes"]
     assert any("guided decoding on" in note for note in report["notes"])
     assert any(f"all {n_test}" in note for note in report["notes"])
+
+    # The prompting baselines: the same patients asked another way, answered in their shape.
+    answers = pd.read_parquet(out / "llm_predictions.parquet")
+    plain = answers[(answers["level"] == 0) & (answers["model"] == "base")]
+    for name, opening in (("base_vanilla", "<Final answer>"), ("base_think_answer", "<Reasoning>")):
+        rows = answers[(answers["level"] == 0) & (answers["model"] == name)]
+        assert sorted(rows["patient_id"]) == sorted(plain["patient_id"])
+        assert rows["completion"].str.startswith(opening).all(), rows["completion"].iloc[0]
+        assert rows["probability"].notna().all()
+    assert any("Prompting baselines" in note for note in report["notes"])
 
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # ROC/PR, calibration, robustness
@@ -177,7 +198,8 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
 def test_adapters_change_the_answers(evaluation_run):
     _, out = evaluation_run
     answers = pd.read_parquet(out / "llm_predictions.parquet")
-    assert len(answers) == 3 * (1 + len(PERMUTATION_LEVELS)) * 12
+    # base, sft, rl and the two prompting baselines, at every level
+    assert len(answers) == 5 * (1 + len(PERMUTATION_LEVELS)) * 12
     unperturbed = answers[answers["level"] == 0.0].set_index(["model", "patient_id"])
     base = unperturbed.loc["base", "completion"]
     assert (unperturbed.loc["sft", "completion"] != base).any()
@@ -315,7 +337,11 @@ def test_comparison_report_lines_up_what_was_evaluated(
     assert "not materialized" in markdown and "Generalization" in markdown
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
-    assert meta["cells_materialized"].value == 4 * (len(COHORTS) - len(never))
+    # rows: every model the report scored, the prompting baselines after the base model
+    assert comparison["methods"] == [
+        "base", "base_think_answer", "base_vanilla", "sft", "rl", "expert",
+    ]  # fmt: skip
+    assert meta["cells_materialized"].value == 6 * (len(COHORTS) - len(never))
     assert meta["mlflow_run_id"].value
 
 
@@ -374,3 +400,13 @@ def test_prompt_set_permutation_is_per_patient_and_keeps_other_lines():
         assert sorted(out[2:-1]) == sorted(lines) and out[2:-1] != lines
     assert moved.user[0] != moved.user[1]  # each patient its own permutation
     assert prompts.permuted(1.0, seed=42) == moved  # seeded
+
+
+def test_prompting_baselines_are_checked_when_configured():
+    from assets.evaluation import EvaluationConfig
+
+    assert EvaluationConfig(prompting_baselines=["vanilla", "think_answer"]).prompting_baselines
+    with pytest.raises(ValueError, match="distinct names from"):
+        EvaluationConfig(prompting_baselines=["few_shot"])
+    with pytest.raises(ValueError, match="raise max_new_tokens to at least 66"):
+        EvaluationConfig(prompting_baselines=["think_answer"], max_new_tokens=40)

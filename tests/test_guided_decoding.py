@@ -58,6 +58,37 @@ def test_answers_follow_the_format_within_caps(tiny, steps: int) -> None:
         assert re.fullmatch(r" 0\.[ 0-9]*", final), f"not a decimal probability {final!r}"
 
 
+@pytest.mark.parametrize(("plan", "shape"), [("direct", ["final"]), ("think", ["think", "final"])])
+def test_prompting_baselines_answer_in_their_own_shape(tiny, plan: str, shape: list[str]) -> None:
+    """The baselines: only the final answer (vanilla), or one free reasoning block within its
+    cap and then the answer (think-then-answer); the answer's distribution is read as for the
+    tagged format."""
+    from eagrl_pipeline.llm.generation import generate_batch
+
+    model, tokenizer = tiny
+    scaffold = ResponseScaffold(tokenizer, ScaffoldConfig(reasoning_tokens=3))
+    prompts = [f"Patient {i}: Lymphocyte count [0.{i}5, NaN]. Predict." for i in range(3)]
+    results = generate_batch(
+        model, tokenizer, prompts, max_new_tokens=80, do_sample=True, seed=5,
+        batch_size=3, scaffold=scaffold, scaffold_plan=plan,
+    )  # fmt: skip
+    for result in results:
+        text = result.text
+        assert result.finished and text.endswith("</Final answer>"), text
+        order = ("think", *ORDER)
+        pattern = "|".join(re.escape(OPEN[s]) for s in order)
+        found = [next(s for s in order if OPEN[s] == m) for m in re.findall(pattern, text)]
+        assert found == shape, text
+        assert re.search(r"<Final answer> 0\.[ 0-9]*</Final answer>$", text), text
+        assert result.answer_expectation is not None and 0 < result.answer_expectation < 1
+        if plan == "think":
+            inside = text[text.index(OPEN["think"]) + len(OPEN["think"]) : text.index("</Reas")]
+            assert "<" not in inside
+            # 3 tokens and a forced close; decoded bytes may re-tokenize into a few more, but
+            # far fewer than the 80 new tokens the row could have spent reasoning.
+            assert len(tokenizer(inside, add_special_tokens=False)["input_ids"]) <= 3 + 4
+
+
 def test_final_answer_slot_bans_percent_and_a_second_point_after_the_forced_decimal(tiny) -> None:
     _, tokenizer = tiny
     token = {t: tokenizer.convert_tokens_to_ids(t) for t in ("%", ".", "9")}
@@ -65,6 +96,11 @@ def test_final_answer_slot_bans_percent_and_a_second_point_after_the_forced_deci
     assert decimal[token["%"]] and decimal[token["."]] and not decimal[token["9"]]
     free = ResponseScaffold(tokenizer, ScaffoldConfig(answer_prefix="")).banned["final"]
     assert not free[token["%"]] and not free[token["."]] and not free[token["9"]]
+    # A newline is no digit ("$" in the token patterns once let "0.6\n64" through).
+    scaffold = ResponseScaffold(tokenizer)
+    newlines = [i for i, t in enumerate(scaffold.token_text) if t.endswith("\n")]
+    assert newlines and all(decimal[i] and free[i] for i in newlines)
+    assert not set(newlines) & set(scaffold.digit_ids.tolist())
 
 
 def test_token_caps_close_long_segments(tiny) -> None:

@@ -405,3 +405,26 @@ def test_build_prompts_on_real_cohorts_respects_the_budget(path: Path) -> None:
     assert frame["prompt"].str.contains("<Final answer>").all()
     full = build_prompts(visits, seed, dataset, task, PromptConfig(max_visits=2))
     assert (full["visits_shown"] <= 2).all() and not full["truncated"].any()
+
+
+def test_prompting_baselines_ask_another_way_about_the_same_patient() -> None:
+    from eagrl_pipeline.prompts import PROMPTING_BASELINES, baseline_prompt
+    from eagrl_pipeline.prompts.serialize import ANSWER_TAGGED, system_message
+
+    user = (
+        "Patient information:\n- Sex: male\n- Age: 61 years\n"
+        "- Lactate dehydrogenase (Unit: U/L): [480, 512]\n\n"
+        f"Task: Predict the probability that the patient dies. {ANSWER_TAGGED}"
+    )
+    tagged = system_message("tjh", "mortality", include_example=False)
+    for style, baseline in PROMPTING_BASELINES.items():
+        system, restyled = baseline_prompt(user, "tjh", "mortality", style)
+        patient = user[: -len(ANSWER_TAGGED)]
+        assert restyled == patient + baseline.closing  # the same data, another request
+        assert system != tagged and baseline.response_format in system
+        assert system.split("\n")[0] == tagged.split("\n")[0]  # the persona is kept
+        assert "<Subquestion>" not in system and "<Important Features>" not in system
+    with pytest.raises(ValueError, match="unknown prompting baseline"):
+        baseline_prompt(user, "tjh", "mortality", "chain_of_thought")
+    with pytest.raises(ValueError, match="rematerialize llm_prompts"):
+        baseline_prompt(user.replace(ANSWER_TAGGED, ""), "tjh", "mortality", "vanilla")

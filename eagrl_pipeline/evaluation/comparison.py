@@ -128,10 +128,28 @@ def _cell(
     return cell
 
 
+def scored_methods(partitions: Mapping[str, PartitionResults | None]) -> list[str]:
+    """Every model the reports scored on the same test sample, in the paper's row order: the
+    base model, its prompting baselines, SFT, RL, the expert (``expert_all_test`` is left out:
+    it is scored on other patients), then anything else by name."""
+    names = {
+        name
+        for results in partitions.values()
+        if results is not None
+        for name in results.report.get("models") or {}
+    } - {"expert_all_test"}
+
+    def rank(name: str) -> tuple[int, str]:
+        order = {"base": 0, "sft": 2, "rl": 3, "expert": 4}
+        return (1 if name.startswith("base_") else order.get(name, 5), name)
+
+    return sorted(names, key=rank)
+
+
 def build_comparison(
     partitions: Mapping[str, PartitionResults | None],
     *,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     reference: str = "rl",
     generalization: Mapping[str, Any] | None = None,
     n_resamples: int = 1000,
@@ -143,7 +161,12 @@ def build_comparison(
     ``reference`` on the same test patients, AUROC/AUPRC at each permutation level, parse rate
     and mean Jaccard with the expert's top-k. ``partitions`` maps every requested dataset-task
     to its results, or None where its evaluation report was not materialized.
-    ``generalization`` (the generalization report's JSON) adds the cross-dataset rows."""
+    ``generalization`` (the generalization report's JSON) adds the cross-dataset rows.
+    ``methods`` None: every model the reports scored (``scored_methods``), at least
+    ``DEFAULT_METHODS``."""
+    if methods is None:
+        found = scored_methods(partitions)
+        methods = [*found, *(m for m in DEFAULT_METHODS if m not in found)]
     if reference not in methods:
         raise ValueError(f"the reference {reference!r} must be one of the methods {methods}")
     columns = list(partitions)

@@ -111,6 +111,8 @@ class GenerationSettings:
     the answer's first digit (``GenerationResult.answer_expectation``); the greedy text is that
     distribution's mode, which collapses a small model's ranking of patients onto a few values.
     ``"text"``: the number written. Both are kept per answer; the rewards use the readout.
+    ``plan`` is the guided shape of an answer: ``"answer"`` the tagged reasoning (EAG-RL's
+    format), ``"direct"`` and ``"think"`` the prompting baselines' (``RowPlan``).
     """
 
     max_new_tokens: int = 160
@@ -120,10 +122,13 @@ class GenerationSettings:
     guided_steps: int = 1
     scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
     readout: Literal["expected", "text"] = "expected"
+    plan: Literal["answer", "direct", "think"] = "answer"
 
     def __post_init__(self) -> None:
         if self.readout not in ("expected", "text"):
             raise ValueError(f"readout must be 'expected' or 'text', got {self.readout!r}")
+        if self.plan not in ("answer", "direct", "think"):
+            raise ValueError(f"plan must be 'answer', 'direct' or 'think', got {self.plan!r}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ def llm_predictions(
         batch_size=settings.batch_size,
         scaffold=ResponseScaffold(tokenizer, settings.scaffold) if settings.guided else None,
         scaffold_steps=settings.guided_steps,
+        scaffold_plan=settings.plan,
     )
     out: dict[K, LLMAnswers] = {}
     start = 0

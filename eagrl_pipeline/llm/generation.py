@@ -36,7 +36,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from eagrl_pipeline.llm.cascade import cascade_supported, shared_prefix_attention
-from eagrl_pipeline.llm.guided import ResponseScaffold
+from eagrl_pipeline.llm.guided import PlanKind, ResponseScaffold
 from eagrl_pipeline.llm.kv_cache import append_in_place, extend_cache, shared_prefix_cache
 from eagrl_pipeline.llm.sampling import TopKTopPSampler
 
@@ -324,6 +324,7 @@ def generate_batch(
     use_chat_template: bool = True,
     scaffold: ResponseScaffold | None = None,
     scaffold_steps: int = 1,
+    scaffold_plan: PlanKind = "answer",
     prefix_reuse: bool = True,
     min_shared_tokens: int = 32,
 ) -> list[GenerationResult]:
@@ -332,10 +333,11 @@ def generate_batch(
     Prompts are grouped by system message, then by length (little compute wasted on padding).
     Sampling knobs are all explicit (``top_k=0`` means off) so a model's own
     ``generation_config`` defaults, such as Qwen's top_k=20 or repetition penalty, never change
-    results silently. With a ``scaffold`` the response tags are forced (``scaffold_steps``
-    steps, then the final block). With ``prefix_reuse`` the tokens a batch's prompts share (at
-    least ``min_shared_tokens``) are prefilled once per call (see the module docstring); results
-    match plain generation.
+    results silently. With a ``scaffold`` the response tags are forced (``scaffold_plan``
+    "answer": ``scaffold_steps`` steps, then the final block; "direct"/"think": the prompting
+    baselines' shapes, see ``RowPlan``). With ``prefix_reuse`` the tokens a batch's prompts
+    share (at least ``min_shared_tokens``) are prefilled once per call (see the module
+    docstring); results match plain generation.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")
@@ -384,7 +386,7 @@ def generate_batch(
             torch.manual_seed(seed + b)
             guided = (
                 scaffold.processor(
-                    [scaffold.plan("answer", scaffold_steps, False, prompts[i]) for i in rows]
+                    [scaffold.plan(scaffold_plan, scaffold_steps, False, prompts[i]) for i in rows]
                 )
                 if scaffold is not None
                 else None

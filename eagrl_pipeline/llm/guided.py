@@ -37,10 +37,11 @@ from typing import Any, Literal
 import torch
 from transformers import LogitsProcessor
 
-Segment = Literal["sub", "ans", "fsub", "feat", "final", "done"]
-PlanKind = Literal["step", "finish", "answer"]
+Segment = Literal["sub", "ans", "fsub", "feat", "final", "think", "done"]
+PlanKind = Literal["step", "finish", "answer", "direct", "think"]
 
 OPEN = {
+    "think": "<Reasoning>",
     "sub": "<Subquestion>",
     "ans": "<Answer>",
     "fsub": "<Final subquestion>",
@@ -48,17 +49,20 @@ OPEN = {
     "final": "<Final answer>",
 }
 CLOSE = {
+    "think": "</Reasoning>",
     "sub": "</Subquestion>",
     "ans": "</Answer>",
     "fsub": "</Final subquestion>",
     "feat": "</Important Features>",
     "final": "</Final answer>",
 }
-_NUMERIC = re.compile(r"^[ 0-9.%]*$")
+# \Z, not $: "$" also matches before a trailing newline, which let a "\n" token into the answer
+# ("0.6\n64" on a tiny model's think-then-answer).
+_NUMERIC = re.compile(r"^[ 0-9.%]*\Z")
 # After a forced "0." the answer is a decimal already: a '%' (or another '.') would turn the
 # model's "0.9" into 0.009 and its digits would no longer be the probability they look like.
-_DECIMAL_DIGITS = re.compile(r"^[ 0-9]*$")
-_DIGITS = re.compile(r"^[0-9]+$")
+_DECIMAL_DIGITS = re.compile(r"^[ 0-9]*\Z")
+_DIGITS = re.compile(r"^[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class ScaffoldConfig:
     answer_prefix: str = "0."
     features_from_prompt: bool = True
     max_listed_features: int = 5
+    reasoning_tokens: int = 96
 
     def __post_init__(self) -> None:
         if self.max_listed_features < 1:
@@ -91,6 +96,7 @@ class ScaffoldConfig:
             "final_subquestion_tokens",
             "features_tokens",
             "final_answer_tokens",
+            "reasoning_tokens",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScaffoldConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -106,6 +112,7 @@ class ScaffoldConfig:
             "fsub": self.final_subquestion_tokens,
             "feat": self.features_tokens,
             "final": self.final_answer_tokens,
+            "think": self.reasoning_tokens,
         }[segment]
 
 
@@ -115,8 +122,11 @@ class RowPlan:
 
     ``step``: exactly one sub-question/answer step (an MCTS expansion). ``finish``: the rest of
     a final block whose ``<Final subquestion>`` tag is already in the input. ``answer``: ``steps``
-    more steps, then the final block (a rollout, or a whole zero-shot answer). ``after_text``
-    says whether the response already has text, so a new tag starts on a new line.
+    more steps, then the final block (a rollout, or a whole zero-shot answer). The prompting
+    baselines: ``direct``, only the ``<Final answer>`` (answer directly); ``think``, free
+    reasoning in one ``<Reasoning>`` block (capped at ``reasoning_tokens``), then the answer.
+    ``after_text`` says whether the response already has text, so a new tag starts on a new
+    line.
     """
 
     kind: PlanKind
@@ -260,6 +270,10 @@ class ScaffoldProcessor(LogitsProcessor):
         row.started = True
         if plan.kind == "finish":
             row.segment = "fsub"
+        elif plan.kind == "direct":
+            self._enter(row, "final", lead)
+        elif plan.kind == "think":
+            self._enter(row, "think", lead)
         elif plan.kind == "step":
             row.steps_left = 1
             self._enter(row, "sub", lead)
@@ -270,7 +284,9 @@ class ScaffoldProcessor(LogitsProcessor):
     def _close(self, row: _Row) -> None:
         """The segment's closing tag is complete: force the next tag, or end the row."""
         segment = row.segment
-        if segment == "sub":
+        if segment == "think":
+            self._enter(row, "final", "\n")
+        elif segment == "sub":
             self._enter(row, "ans", " ")
         elif segment == "ans":
             row.steps_left -= 1

@@ -14,10 +14,12 @@ from eagrl_pipeline.prompts.parser import (
     parse_response,
 )
 from eagrl_pipeline.prompts.serialize import (
+    PROMPTING_BASELINES,
     FeatureSpec,
     PromptConfig,
     SerializedPrompt,
     as_messages,
+    baseline_prompt,
     build_prompts,
     feature_specs,
     heuristic_token_count,
@@ -26,6 +28,7 @@ from eagrl_pipeline.prompts.serialize import (
 
 __all__ = [
     "CURATED_ALIASES",
+    "PROMPTING_BASELINES",
     "WORD_PROBABILITIES",
     "FeatureMatcher",
     "FeatureSpec",
@@ -33,6 +36,7 @@ __all__ = [
     "PromptConfig",
     "SerializedPrompt",
     "as_messages",
+    "baseline_prompt",
     "build_prompts",
     "completion_text",
     "dictionary_aliases",

@@ -395,9 +395,75 @@ def _render(
         f"Each feature lists one value per visit shown, in visit order ({legend}):",
         *lines,
         "",
-        f"Task: {TASKS[task]} Answer in the tagged format.",
+        f"Task: {TASKS[task]} {ANSWER_TAGGED}",
     ]
     return "\n".join(out)
+
+
+ANSWER_TAGGED = "Answer in the tagged format."
+
+
+@dataclass(frozen=True)
+class PromptingBaseline:
+    """A prompting baseline of the paper's tables: the base model asked another way, the same
+    patient shown. ``plan`` is the guided shape of its answer (``eagrl_pipeline.llm.guided``)."""
+
+    name: str
+    instructions: str
+    response_format: str
+    closing: str
+    plan: Literal["direct", "think"]
+
+
+PROMPTING_BASELINES = {
+    "vanilla": PromptingBaseline(
+        "vanilla",
+        "Answer directly, without any explanation: give only the probability, a single number "
+        "between 0 and 1, in this format:",
+        "<Final answer> probability between 0 and 1 </Final answer>",
+        "Answer with the probability only.",
+        "direct",
+    ),
+    "think_answer": PromptingBaseline(
+        "think_answer",
+        "Think step by step about the patient's data, then give your final answer as a single "
+        "probability between 0 and 1. Use exactly these tags:",
+        "<Reasoning> your reasoning </Reasoning>\n"
+        "<Final answer> probability between 0 and 1 </Final answer>",
+        "Reason first, then answer.",
+        "think",
+    ),
+}
+
+
+def baseline_prompt(user: str, dataset: str, task: str, style: str) -> tuple[str, str]:
+    """(system, user) of a patient's prompt under the prompting baseline ``style``: the system
+    message's instructions and response format replaced (persona and task kept), the user
+    message's closing request restated; the patient's lines are untouched, so the baseline and
+    the policies read the same data."""
+    if style not in PROMPTING_BASELINES:
+        raise ValueError(
+            f"unknown prompting baseline {style!r}: choose from {sorted(PROMPTING_BASELINES)}"
+        )
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose from {sorted(TASKS)}")
+    baseline = PROMPTING_BASELINES[style]
+    if not user.endswith(ANSWER_TAGGED):
+        raise ValueError(
+            f"the user message does not end with {ANSWER_TAGGED!r}: it was not written by "
+            "llm_prompts (rematerialize llm_prompts, then evaluate the baselines again)"
+        )
+    system = "\n".join(
+        [
+            PERSONAS.get(dataset, GENERIC_PERSONA),
+            "",
+            f"You will be given one patient's data. Task: {TASKS[task]}",
+            "",
+            baseline.instructions,
+            baseline.response_format,
+        ]
+    )
+    return system, user[: -len(ANSWER_TAGGED)] + baseline.closing
 
 
 def example_response() -> str:
