@@ -22,6 +22,17 @@ PARTITION = "mimic_iv-mortality"  # the partition the experts_run fixture ranks
 # test_reasoning_assets) failed its gates, which would now stop SFT (assets/gates.py). The runs
 # here go on past it, as the learning study does.
 PAST_FAILED_GATES = {REPORT_TAG: "report"}
+RL_SMOKE = {
+    "max_steps": 2,
+    "max_train_prompts": 2,
+    "max_completion_length": 24,
+    "val_prompts": 2,
+    "val_max_new_tokens": 16,
+    # Two CPU steps rarely move greedy answers: accept any policy here, the gate's decision is
+    # checked against its own interval below.
+    "min_reward_gain": -10.0,
+    "gate_resamples": 200,
+}
 
 
 def _trajectory(features: list[str], probability: str) -> str:
@@ -93,19 +104,7 @@ def training_run(experts_run, tmp_path_factory):
                         "parse_max_new_tokens": 16,
                     }
                 },
-                "rl_checkpoint": {
-                    "config": {
-                        "max_steps": 2,
-                        "max_train_prompts": 2,
-                        "max_completion_length": 24,
-                        "val_prompts": 2,
-                        "val_max_new_tokens": 16,
-                        # Two CPU steps rarely move greedy answers: accept any policy here, the
-                        # gate's decision is checked against its own interval below.
-                        "min_reward_gain": -10.0,
-                        "gate_resamples": 200,
-                    }
-                },
+                "rl_checkpoint": {"config": RL_SMOKE},
             }
         },
         raise_on_error=False,
@@ -246,19 +245,7 @@ def test_rl_checkpoint_can_start_from_the_base_model(training_run, tmp_path):
             instance=lineage["instance"],
             run_config={
                 "ops": {
-                    "rl_checkpoint": {
-                        "config": {
-                            "start_from": "base",
-                            "lora_r": 4,
-                            "max_steps": 2,
-                            "max_train_prompts": 2,
-                            "max_completion_length": 24,
-                            "val_prompts": 2,
-                            "val_max_new_tokens": 16,
-                            "min_reward_gain": -10.0,
-                            "gate_resamples": 200,
-                        }
-                    }
+                    "rl_checkpoint": {"config": {**RL_SMOKE, "start_from": "base", "lora_r": 4}}
                 }
             },
             raise_on_error=False,

@@ -56,13 +56,17 @@ def _level_zero(results: PartitionResults, method: str) -> pd.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """How every row's difference from the reference is resampled."""
+
+    n_resamples: int = 1000
+    seed: int = 42
+    confidence: float = 0.95
+
+
 def _paired(
-    results: PartitionResults,
-    method: str,
-    reference: str,
-    n_resamples: int,
-    seed: int,
-    confidence: float,
+    results: PartitionResults, method: str, reference: str, bootstrap: PairedBootstrap
 ) -> dict[str, Any]:
     """``method − reference`` per metric on the patients both answered."""
     a, b = _level_zero(results, method), _level_zero(results, reference)
@@ -77,21 +81,16 @@ def _paired(
             shared["probability_a"].to_numpy(),
             shared["probability_b"].to_numpy(),
             metric=metric,
-            n_resamples=n_resamples,
-            seed=seed,
-            confidence=confidence,
+            n_resamples=bootstrap.n_resamples,
+            seed=bootstrap.seed,
+            confidence=bootstrap.confidence,
         )
         out[metric] = diff.as_dict()
     return out
 
 
 def _cell(
-    results: PartitionResults | None,
-    method: str,
-    reference: str,
-    n_resamples: int,
-    seed: int,
-    confidence: float,
+    results: PartitionResults | None, method: str, reference: str, bootstrap: PairedBootstrap
 ) -> dict[str, Any]:
     if results is None:
         return {"status": NOT_MATERIALIZED, "why": "the partition's evaluation_report is missing"}
@@ -124,7 +123,7 @@ def _cell(
     elif reference not in (results.report.get("models") or {}):
         cell["vs_reference"] = {"why": f"the reference {reference!r} was not materialized"}
     else:
-        cell["vs_reference"] = _paired(results, method, reference, n_resamples, seed, confidence)
+        cell["vs_reference"] = _paired(results, method, reference, bootstrap)
     return cell
 
 
@@ -170,11 +169,9 @@ def build_comparison(
     if reference not in methods:
         raise ValueError(f"the reference {reference!r} must be one of the methods {methods}")
     columns = list(partitions)
+    bootstrap = PairedBootstrap(n_resamples, seed, confidence)
     cells = {
-        method: {
-            column: _cell(partitions[column], method, reference, n_resamples, seed, confidence)
-            for column in columns
-        }
+        method: {c: _cell(partitions[c], method, reference, bootstrap) for c in columns}
         for method in methods
     }
     transfer: dict[str, dict[str, Any]] = {}
