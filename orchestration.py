@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
         UnresolvedAssetJobDefinition,
     )
 
-from assets.partitions import cohort_partitions
+from assets.partitions import COHORTS, cohort_partitions
 from eagrl_pipeline.data import mimic_iv
 from eagrl_pipeline.data.fingerprints import stat_fingerprint
 from eagrl_pipeline.errors import InputDataError
@@ -213,14 +214,30 @@ CROSS_DATASET_PARTITIONS = ("mimic_iv-mortality", "tjh-mortality")
 def cross_dataset_requests(
     partition: str | None, reported: set[str], run_id: str
 ) -> list[RunRequest] | SkipReason:
-    """The cross-dataset report once both mortality partitions have their evaluation report;
-    the run key ties it to the partition run that completed the pair."""
-    if partition not in CROSS_DATASET_PARTITIONS:
-        return SkipReason(f"partition {partition!r} does not feed the cross-dataset report")
+    """After a partition's run: the whole cross-dataset job (generalization and comparison)
+    once both mortality partitions have their evaluation report, else the comparison alone,
+    so its table follows every partition's new evaluation; the run key ties the request to
+    the partition run."""
+    tags = {"eagrl/upstream_run_id": run_id}
+    if partition not in COHORTS:
+        return SkipReason(f"partition {partition!r} is not a dataset-task partition")
+    if partition in CROSS_DATASET_PARTITIONS and all(
+        p in reported for p in CROSS_DATASET_PARTITIONS
+    ):
+        return [RunRequest(run_key=f"{run_id}:cross_dataset", tags=tags)]
     missing = [p for p in CROSS_DATASET_PARTITIONS if p not in reported]
-    if missing:
-        return SkipReason(f"waiting for evaluation_report of {', '.join(missing)}")
-    return [RunRequest(run_key=f"{run_id}:cross_dataset", tags={"eagrl/upstream_run_id": run_id})]
+    why = (
+        f"the generalization report waits for {', '.join(missing)}"
+        if missing
+        else f"{partition} does not feed the generalization report"
+    )
+    return [
+        RunRequest(
+            run_key=f"{run_id}:comparison",
+            asset_selection=[AssetKey("comparison_report")],
+            tags={**tags, "eagrl/why_comparison_only": why},
+        )
+    ]
 
 
 def build_cross_dataset_sensor(
@@ -234,13 +251,11 @@ def build_cross_dataset_sensor(
         monitored_jobs=[partition_job],
         request_job=report_job,
         default_status=DefaultSensorStatus.RUNNING,
-        description="When a mortality partition's run succeeds and both mortality partitions "
-        "have an evaluation report, start cross_dataset_report (the generalization and the "
-        "comparison reports) once for that run.",
+        description="When a partition's run succeeds: cross_dataset_report (the generalization "
+        "and the comparison reports) once both mortality partitions have an evaluation report, "
+        "else the comparison report alone; once per partition run.",
     )
     def cross_dataset_after_partitions(context: RunStatusSensorContext):
-        from dagster import AssetKey
-
         run = context.dagster_run
         reported = context.instance.get_materialized_partitions(AssetKey("evaluation_report"))
         result = cross_dataset_requests(run.tags.get("dagster/partition"), reported, run.run_id)

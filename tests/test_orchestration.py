@@ -222,22 +222,28 @@ def test_fan_out_requests_each_partition_once_for_a_successful_upstream_run(defs
 
 
 def test_cross_dataset_report_waits_for_both_mortality_reports():
-    from dagster import SkipReason
+    """The generalization report needs both mortality partitions; the comparison follows every
+    partition's evaluation (alone until the pair is complete)."""
+    from dagster import AssetKey, SkipReason
 
     from orchestration import cross_dataset_requests
 
-    skip = cross_dataset_requests("mimic_iv-readmission", set(COHORTS), "r1")
-    assert isinstance(skip, SkipReason) and "does not feed" in skip.skip_message
-    waiting = cross_dataset_requests("tjh-mortality", {"tjh-mortality"}, "r2")
-    assert isinstance(waiting, SkipReason) and "mimic_iv-mortality" in waiting.skip_message
+    (readmission,) = cross_dataset_requests("mimic_iv-readmission", set(COHORTS), "r1")
+    assert readmission.run_key == "r1:comparison"
+    assert readmission.asset_selection == [AssetKey("comparison_report")]
+    assert "does not feed" in readmission.tags["eagrl/why_comparison_only"]
+    (waiting,) = cross_dataset_requests("tjh-mortality", {"tjh-mortality"}, "r2")
+    assert waiting.asset_selection == [AssetKey("comparison_report")]
+    assert "mimic_iv-mortality" in waiting.tags["eagrl/why_comparison_only"]
     both = {"tjh-mortality", "mimic_iv-mortality"}
     (request,) = cross_dataset_requests("tjh-mortality", both, "r3")
-    assert request.run_key == "r3:cross_dataset"
+    assert request.run_key == "r3:cross_dataset" and request.asset_selection is None
     assert request.tags["eagrl/upstream_run_id"] == "r3"
+    assert isinstance(cross_dataset_requests(None, both, "r4"), SkipReason)
 
 
 def test_cross_dataset_sensor_reads_the_instance(defs):
-    from dagster import AssetMaterialization, SkipReason
+    from dagster import AssetMaterialization
 
     sensor = defs.get_repository_def().get_sensor_def("cross_dataset_after_partitions")
     with DagsterInstance.ephemeral() as instance:
@@ -257,8 +263,8 @@ def test_cross_dataset_sensor_reads_the_instance(defs):
         instance.report_runless_asset_event(
             AssetMaterialization("evaluation_report", partition="tjh-mortality")
         )
-        skipped, _ = evaluate()
-        assert isinstance(skipped, SkipReason) and "mimic_iv-mortality" in skipped.skip_message
+        alone, run_id = evaluate()
+        assert alone.run_key == f"{run_id}:comparison"  # the pair is not complete yet
         instance.report_runless_asset_event(
             AssetMaterialization("evaluation_report", partition="mimic_iv-mortality")
         )
