@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.results import RESULTS_DIR, record
+
 REPO = Path(__file__).resolve().parent.parent
 TJH_FILE = REPO.parent / "shared" / "data" / "tjh" / "time_series_375_prerpocess_en.xlsx"
 PARTITION = "tjh-mortality"
@@ -328,7 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tjh", type=Path, default=TJH_FILE, help="the TJH xlsx or csv")
     parser.add_argument("--home", type=Path, default=None, help="EAGRL_HOME (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--until",
         choices=[asset for asset, _ in STAGES],
@@ -402,6 +404,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning.md").write_text(text)
     (args.out / "learning.json").write_text(json.dumps(study, indent=2, default=float) + "\n")
+    if args.out == RESULTS_DIR:  # the latest study in full above; every study's line here
+        record("learning_history", {"summary": summary_line(study), "overrides": args.override})
     print(text)
     print(summary_line(study))
 
