@@ -20,7 +20,8 @@ REPO_RESULTS = REPO / "benchmarks" / "results"
 # a snapshot of the latest study, not a history.
 SNAPSHOTS = {"learning.json"}
 HISTORIES = {
-    "no_change_run", "make_run", "mcts", "experts", "training", "warehouse", "pandas_cohorts"
+    "no_change_run", "make_run", "mcts", "experts", "training", "warehouse", "pandas_cohorts",
+    "learning_history", "label_finetune",
 }  # fmt: skip
 
 
