@@ -115,12 +115,9 @@ def recorded_fingerprint(
     instance: DagsterInstance, key: AssetKey, partition: str | None
 ) -> str | None:
     """The config fingerprint of ``key``'s (partition's) latest materialization, if any."""
-    from assets.versioning import CONFIG_FINGERPRINT
+    from assets.versioning import CONFIG_FINGERPRINT, latest_metadata
 
-    record = instance.get_latest_data_version_record(key, partition_key=partition)
-    event = record.asset_materialization if record else None
-    value = (event.metadata or {}).get(CONFIG_FINGERPRINT) if event else None
-    return getattr(value, "value", value)
+    return latest_metadata(instance, key, partition, CONFIG_FINGERPRINT)[1]
 
 
 def _config_class(definition: AssetsDefinition) -> type | None:

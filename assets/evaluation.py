@@ -16,6 +16,7 @@ import pandas as pd
 from dagster import (
     AssetDep,
     AssetExecutionContext,
+    AssetKey,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -35,7 +36,7 @@ from assets.llm_inputs import (
 )
 from assets.partitions import COHORTS, cohort_partitions, split_partition
 from assets.tags import GPU_OP_TAGS
-from assets.versioning import versioned
+from assets.versioning import latest_metadata, versioned
 from eagrl_pipeline.evaluation.comparison import (
     DEFAULT_METHODS,
     PartitionResults,
@@ -442,7 +443,6 @@ def _log_mlflow(
 
 def _baseline_jobs(
     prompts: PromptSet,
-    dataset: str,
     partition: str,
     config: EvaluationConfig,
     matcher: FeatureMatcher,
@@ -450,7 +450,7 @@ def _baseline_jobs(
 ) -> list[_Job]:
     """The base model's prompting baselines: the same patients, restyled prompts (permuted at
     the same levels), answers in the baseline's guided shape."""
-    _, task = split_partition(partition)
+    dataset, task = split_partition(partition)
     jobs = []
     for style in config.prompting_baselines:
         restyled = [baseline_prompt(u, dataset, task, style) for u in prompts.user]
@@ -534,7 +534,7 @@ def evaluation_report(
     device = compute.configure_torch(llm=True)
     matcher = feature_matcher(warehouse, dataset)
     sets = _prompt_sets(prompts, config)
-    baselines = _baseline_jobs(prompts, dataset, partition, config, matcher, top_k)
+    baselines = _baseline_jobs(prompts, partition, config, matcher, top_k)
     loads = [(None, [_Job("base", partition, sets, matcher, top_k), *baselines])] + [
         (adapters[name], [_Job(name, partition, sets, matcher, top_k)]) for name in POLICY_ASSETS
     ]
@@ -831,6 +831,9 @@ class ComparisonConfig(Config):
         return self
 
 
+EVALUATION_FILES = ("report.json", "llm_predictions.parquet", "expert_predictions.parquet")
+
+
 def _evaluation_results(home: EagrlHome, partition: str) -> PartitionResults | None:
     """A partition's evaluation outputs, or None where they were never written."""
     folder = home.artifacts / "evaluation_report" / partition
@@ -842,21 +845,12 @@ def _evaluation_results(home: EagrlHome, partition: str) -> PartitionResults | N
     return PartitionResults(report, predictions)
 
 
-EVALUATION_FILES = ("report.json", "llm_predictions.parquet", "expert_predictions.parquet")
-
-
 def _provenance(context: AssetExecutionContext, partition: str) -> dict[str, str | None]:
     """The Dagster and MLflow runs behind a partition's evaluation report (a cell's source)."""
-    from dagster import AssetKey
-
-    record = context.instance.get_latest_data_version_record(
-        AssetKey("evaluation_report"), partition_key=partition
+    run_id, mlflow_run_id = latest_metadata(
+        context.instance, AssetKey("evaluation_report"), partition, "mlflow_run_id"
     )
-    event = record.asset_materialization if record else None
-    if event is None:
-        return {"dagster_run_id": None, "mlflow_run_id": None}
-    value = (event.metadata or {}).get("mlflow_run_id")
-    return {"dagster_run_id": record.run_id, "mlflow_run_id": getattr(value, "value", value)}
+    return {"dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id}
 
 
 @asset(

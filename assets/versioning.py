@@ -33,7 +33,9 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
+    DagsterInstance,
     DataVersion,
     MaterializeResult,
     MetadataValue,
@@ -42,6 +44,19 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 PROJECT_PACKAGES = ("eagrl_pipeline", "assets", "resources")
 CONFIG_FINGERPRINT = "config_fingerprint"
+
+
+def latest_metadata(
+    instance: DagsterInstance, key: AssetKey, partition: str | None, name: str
+) -> tuple[str | None, Any]:
+    """(run id, metadata value ``name``) of ``key``'s (partition's) latest materialization;
+    (None, None) when there is none."""
+    record = instance.get_latest_data_version_record(key, partition_key=partition)
+    event = record.asset_materialization if record else None
+    if event is None:
+        return None, None
+    value = (event.metadata or {}).get(name)
+    return record.run_id, getattr(value, "value", value)
 
 
 def _is_project(module: str) -> bool:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from eagrl_pipeline.evaluation.metrics import paired_bootstrap_metric_difference
 from eagrl_pipeline.evaluation.report import (
+    _estimate,
     _figure,
     _jsonable,
     _png,
@@ -89,6 +90,16 @@ def _paired(
     return out
 
 
+def _discrimination(model: Mapping[str, Any]) -> dict[str, dict[str, float] | None]:
+    """A report row's AUROC and AUPRC estimates: bootstrap mean, std and interval."""
+    return {
+        metric: None
+        if model.get(metric) is None
+        else {k: model[metric][k] for k in ("mean", "std", "ci_low", "ci_high")}
+        for metric in DISCRIMINATION
+    }
+
+
 def _cell(
     results: PartitionResults | None, method: str, reference: str, bootstrap: PairedBootstrap
 ) -> dict[str, Any]:
@@ -105,11 +116,7 @@ def _cell(
         "parse_rate": 1.0 - float(model["parse_failure_rate"]),
         "jaccard": (model.get("jaccard") or {}).get("mean"),
     }
-    for metric in DISCRIMINATION:
-        est = model.get(metric)
-        cell[metric] = (
-            None if est is None else {k: est[k] for k in ("mean", "std", "ci_low", "ci_high")}
-        )
+    cell.update(_discrimination(model))
     robustness = ((results.report.get("robustness") or {}).get("models") or {}).get(method)
     cell["robustness"] = [
         {
@@ -179,12 +186,7 @@ def build_comparison(
         for method, model in (section.get("models") or {}).items():
             transfer.setdefault(method, {})[direction] = {
                 "n_patients": model["n_patients"],
-                **{
-                    m: None
-                    if model.get(m) is None
-                    else {k: model[m][k] for k in ("mean", "std", "ci_low", "ci_high")}
-                    for m in DISCRIMINATION
-                },
+                **_discrimination(model),
             }
     missing = sorted(
         f"{method}[{column}]"
@@ -206,10 +208,6 @@ def build_comparison(
     )
 
 
-def _estimate(est: Mapping[str, Any] | None) -> str:
-    return "n/a" if est is None else f"{est['mean']:.3f} ± {est['std']:.3f}"
-
-
 def _difference(diff: Mapping[str, Any] | None) -> str:
     if diff is None:
         return "n/a"
@@ -227,7 +225,11 @@ def _tables(comparison: Mapping[str, Any]) -> list[_Table]:
             row = [method]
             for column in columns:
                 cell = cells[method][column]
-                row.append(NOT_MATERIALIZED if cell["status"] != "ok" else _estimate(cell[metric]))
+                row.append(
+                    NOT_MATERIALIZED
+                    if cell["status"] != "ok"
+                    else _estimate(cell[metric], interval=False)
+                )
             rows.append(row)
         tables.append(
             _Table(
@@ -304,7 +306,7 @@ def _tables(comparison: Mapping[str, Any]) -> list[_Table]:
                     [
                         method,
                         *(
-                            _estimate((row.get(d) or {}).get("auroc"))
+                            _estimate((row.get(d) or {}).get("auroc"), interval=False)
                             if d in row
                             else NOT_MATERIALIZED
                             for d in directions

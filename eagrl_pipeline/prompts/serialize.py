@@ -336,15 +336,22 @@ def _demographic(value: object, unit: str = "") -> str:
     return f"{format_value(x)}{unit}" if math.isfinite(x) else "unknown"
 
 
-def _system(persona: str, task: str, include_example: bool) -> str:
-    """The part of the prompt every patient of a dataset-task shares."""
+def _system(
+    persona: str,
+    task: str,
+    include_example: bool,
+    instructions: str = _INSTRUCTIONS,
+    response_format: str = RESPONSE_FORMAT,
+) -> str:
+    """The part of the prompt every patient of a dataset-task shares (a prompting baseline
+    passes its own instructions and response format)."""
     out = [
         persona,
         "",
         f"You will be given one patient's data. Task: {TASKS[task]}",
         "",
-        _INSTRUCTIONS,
-        RESPONSE_FORMAT,
+        instructions,
+        response_format,
     ]
     if include_example:
         out += ["", EXAMPLE_HEADER, example_response()]
@@ -453,16 +460,8 @@ def baseline_prompt(user: str, dataset: str, task: str, style: str) -> tuple[str
             f"the user message does not end with {ANSWER_TAGGED!r}: it was not written by "
             "llm_prompts (rematerialize llm_prompts, then evaluate the baselines again)"
         )
-    system = "\n".join(
-        [
-            PERSONAS.get(dataset, GENERIC_PERSONA),
-            "",
-            f"You will be given one patient's data. Task: {TASKS[task]}",
-            "",
-            baseline.instructions,
-            baseline.response_format,
-        ]
-    )
+    persona = PERSONAS.get(dataset, GENERIC_PERSONA)
+    system = _system(persona, task, False, baseline.instructions, baseline.response_format)
     return system, user[: -len(ANSWER_TAGGED)] + baseline.closing
 
 
