@@ -18,7 +18,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install manifest run plan test dev mlflow lint bench study clean
+.PHONY: install manifest run grid plan test dev mlflow lint bench study clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 PROFILE ?= $(or $(EAGRL_PROFILE),cpu)
 run: manifest $(DAGSTER_HOME)/dagster.yaml
 	PROFILE=$(PROFILE) $(BIN)/python run_lineage.py
+
+# A sub-grid of methods (variants) x dataset-tasks, then the comparison table. GRID_VARIANTS and
+# GRID_DATASET_TASKS (comma-separated) override the small CPU default grid on tjh-mortality.
+grid: manifest $(DAGSTER_HOME)/dagster.yaml
+	PROFILE=$(PROFILE) $(BIN)/python experiment_grid.py
 
 # What `make run` would materialize now, and why (nothing runs).
 plan: manifest $(DAGSTER_HOME)/dagster.yaml

@@ -30,7 +30,9 @@ from assets.partitions import cohort_partitions  # noqa: E402
 from assets.versioning import with_source_versions  # noqa: E402
 from orchestration import (  # noqa: E402
     build_cross_dataset_sensor,
+    build_default_cell_sensor,
     build_fan_out_sensor,
+    experiment_grid_job,
     full_lineage_job,
     raw_input_changed,
     retrain_job,
@@ -68,23 +70,21 @@ shared_job = define_asset_job(
 )
 partition_job = define_asset_job(
     "partition_lineage",
-    selection=(
-        AssetSelection.groups("cohorts", "experts", "reasoning", "training")
-        | AssetSelection.assets("evaluation_report")
-    )
-    - AssetSelection.assets("base_language_model"),
+    selection=AssetSelection.groups("cohorts", "experts", "reasoning", "training")
+    - AssetSelection.assets("base_language_model", "rl_checkpoint"),
     partitions_def=cohort_partitions,
-    description="One dataset-task partition: cohort (gated by its Great Expectations suite), "
-    "expert model and feature ranking, prompts, base-model predictions, MCTS trajectories, the "
-    "SFT and the GRPO checkpoints, the evaluation report; each stage gated by the checks of "
-    "the one before.",
+    description="One dataset-task partition's shared stages: cohort (gated by its Great "
+    "Expectations suite), expert model and feature ranking, prompts, base-model predictions, "
+    "MCTS trajectories and the SFT checkpoint, each gated by the checks of the one before; "
+    "every method variant reuses them. The `default_cell_after_partition` sensor then runs "
+    "the default variant's cell of experiment_grid.",
 )
 generalization_job = define_asset_job(
     "cross_dataset_report",
     selection=AssetSelection.assets("generalization_report", "comparison_report"),
     description="MIMIC-IV-trained policies on TJH and back, then the comparison of every "
-    "method across the dataset-tasks (unpartitioned): run after the partitions of "
-    "partition_lineage.",
+    "method across the dataset-tasks (unpartitioned): run after the grid cells of "
+    "experiment_grid.",
 )
 
 
@@ -114,12 +114,20 @@ def build_resources(home: str) -> dict[str, object]:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[shared_job, partition_job, generalization_job, full_lineage_job, retrain_job],
+    jobs=[
+        shared_job,
+        partition_job,
+        experiment_grid_job,
+        generalization_job,
+        full_lineage_job,
+        retrain_job,
+    ],
     schedules=[retrain_schedule],
     sensors=[
         raw_input_changed,
         build_fan_out_sensor(partition_job),
-        build_cross_dataset_sensor(partition_job, generalization_job),
+        build_default_cell_sensor([partition_job, retrain_job], experiment_grid_job),
+        build_cross_dataset_sensor(experiment_grid_job, generalization_job),
     ],
     resources=build_resources(EAGRL_HOME),
     # Every run logs to the console and, in full, to $EAGRL_HOME/logs/dagster_events.log.

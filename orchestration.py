@@ -1,6 +1,8 @@
-"""Orchestration: the `full_lineage` and `retrain` jobs, the weekly retrain schedule, the sensor
-that starts `full_lineage` when a raw input changes, and the fan-out that runs every partition
-once `full_lineage` (the unpartitioned raw inputs and warehouse) has succeeded.
+"""Orchestration: the `full_lineage`, `retrain` and `experiment_grid` jobs, the weekly retrain
+schedule, the sensor that starts `full_lineage` when a raw input changes, the fan-out that runs
+every partition once `full_lineage` (the unpartitioned raw inputs and warehouse) has succeeded,
+the default variant's grid cell after each partition, and the cross-dataset reports after the
+cells.
 
 Schedules and sensors are off by default in development and on when ``EAGRL_DEPLOYMENT`` is
 ``production``; the ``build_*`` functions take an explicit environment so tests can build either.
@@ -39,10 +41,11 @@ if TYPE_CHECKING:
         UnresolvedAssetJobDefinition,
     )
 
-from assets.partitions import COHORTS, cohort_partitions
+from assets.partitions import COHORTS, cell_key, cell_partitions, cohort_partitions, split_cell
 from eagrl_pipeline.data import mimic_iv
 from eagrl_pipeline.data.fingerprints import stat_fingerprint
 from eagrl_pipeline.errors import InputDataError
+from eagrl_pipeline.variants import DEFAULT_VARIANT
 
 DEFAULT_RETRAIN_CRON = "0 3 * * 0"  # Sundays 03:00
 DEFAULT_RETRAIN_TIMEZONE = "UTC"
@@ -59,15 +62,24 @@ full_lineage_job = define_asset_job(
 
 retrain_job = define_asset_job(
     "retrain",
-    selection=(
-        AssetSelection.groups("experts", "reasoning", "training")
-        | AssetSelection.assets("evaluation_report")
-    )
-    - AssetSelection.assets("base_language_model"),
+    selection=AssetSelection.groups("experts", "reasoning", "training")
+    - AssetSelection.assets("base_language_model", "rl_checkpoint"),
     partitions_def=cohort_partitions,
     description="Experts onward for one dataset-task partition: expert models and feature "
-    "rankings, prompts, base-model predictions, trajectories, SFT and GRPO checkpoints and the "
-    "evaluation report (the cohorts and warehouse are reused).",
+    "rankings, prompts, base-model predictions, trajectories and the SFT checkpoint (the "
+    "cohorts and warehouse are reused); the `default_cell_after_partition` sensor then trains "
+    "and evaluates the default variant's grid cell.",
+)
+
+experiment_grid_job = define_asset_job(
+    "experiment_grid",
+    selection=AssetSelection.assets("rl_checkpoint", "evaluation_report"),
+    partitions_def=cell_partitions,
+    description="One cell of the experiment grid (dataset-task x method variant): the variant's "
+    "policy (GRPO for the GRPO variants; a manifest naming the base model or the SFT adapter "
+    "otherwise) and its evaluation report. Backfill any sub-grid from the UI (for example every "
+    "variant of tjh-mortality): one run per cell. The cells read the dataset-task's shared "
+    "stages (partition_lineage), computed once for every variant.",
 )
 
 
@@ -206,30 +218,75 @@ def build_fan_out_sensor(partition_job: UnresolvedAssetJobDefinition) -> SensorD
     return full_lineage_fan_out
 
 
-# -- the cross-dataset report after the mortality partitions -------------------------------------
+# -- the default variant's grid cell after a partition -----------------------------------------
+
+
+def default_cell_requests(partition: str | None, run_id: str) -> list[RunRequest] | SkipReason:
+    """After a partition's shared stages: the default variant's cell of that dataset-task (its
+    GRPO checkpoint and evaluation report), once per partition run."""
+    if partition not in COHORTS:
+        return SkipReason(f"partition {partition!r} is not a dataset-task partition")
+    cell = str(cell_key(partition, DEFAULT_VARIANT))
+    return [
+        RunRequest(
+            partition_key=cell,
+            run_key=f"{run_id}:{cell}",
+            tags={"eagrl/upstream_run_id": run_id},
+        )
+    ]
+
+
+def build_default_cell_sensor(
+    partition_jobs: list[UnresolvedAssetJobDefinition],
+    grid_job: UnresolvedAssetJobDefinition,
+) -> SensorDefinition:
+    """On by default, like the fan-out: it completes a partition's lineage."""
+
+    @run_status_sensor(
+        name="default_cell_after_partition",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=partition_jobs,
+        request_job=grid_job,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"When a partition's shared stages succeed (partition_lineage, retrain): "
+        f"the {DEFAULT_VARIANT} cell of that dataset-task in experiment_grid (GRPO and the "
+        "evaluation report); the other variants run by backfill or `make grid`.",
+    )
+    def default_cell_after_partition(context: RunStatusSensorContext):
+        run = context.dagster_run
+        result = default_cell_requests(run.tags.get("dagster/partition"), run.run_id)
+        return result if isinstance(result, SkipReason) else result[0]
+
+    return default_cell_after_partition
+
+
+# -- the cross-dataset reports after the grid cells ---------------------------------------------
 
 CROSS_DATASET_PARTITIONS = ("mimic_iv-mortality", "tjh-mortality")
 
 
 def cross_dataset_requests(
-    partition: str | None, reported: set[str], run_id: str
+    cell: str | None, reported: set[str], run_id: str
 ) -> list[RunRequest] | SkipReason:
-    """After a partition's run: the whole cross-dataset job (generalization and comparison)
-    once both mortality partitions have their evaluation report, else the comparison alone,
-    so its table follows every partition's new evaluation; the run key ties the request to
-    the partition run."""
+    """After a grid cell's run: the whole cross-dataset job (generalization and comparison)
+    once the default variant's cells of both mortality partitions have their evaluation report,
+    else the comparison alone, so its table follows every cell's new evaluation; the run key
+    ties the request to the cell's run."""
     tags = {"eagrl/upstream_run_id": run_id}
+    try:
+        partition = split_cell(cell or "")[0]
+    except ValueError:
+        return SkipReason(f"partition {cell!r} is not a grid cell (dataset_task|variant)")
     if partition not in COHORTS:
-        return SkipReason(f"partition {partition!r} is not a dataset-task partition")
-    if partition in CROSS_DATASET_PARTITIONS and all(
-        p in reported for p in CROSS_DATASET_PARTITIONS
-    ):
+        return SkipReason(f"partition {cell!r} is not a grid cell of a dataset-task")
+    pair = [str(cell_key(p, DEFAULT_VARIANT)) for p in CROSS_DATASET_PARTITIONS]
+    if str(cell) in pair and all(c in reported for c in pair):
         return [RunRequest(run_key=f"{run_id}:cross_dataset", tags=tags)]
-    missing = [p for p in CROSS_DATASET_PARTITIONS if p not in reported]
+    missing = [c for c in pair if c not in reported]
     why = (
         f"the generalization report waits for {', '.join(missing)}"
         if missing
-        else f"{partition} does not feed the generalization report"
+        else f"{cell} does not feed the generalization report"
     )
     return [
         RunRequest(
@@ -241,19 +298,20 @@ def cross_dataset_requests(
 
 
 def build_cross_dataset_sensor(
-    partition_job: UnresolvedAssetJobDefinition, report_job: UnresolvedAssetJobDefinition
+    grid_job: UnresolvedAssetJobDefinition, report_job: UnresolvedAssetJobDefinition
 ) -> SensorDefinition:
     """On by default, like the fan-out: it completes `full_lineage` (raw to every report)."""
 
     @run_status_sensor(
         name="cross_dataset_after_partitions",
         run_status=DagsterRunStatus.SUCCESS,
-        monitored_jobs=[partition_job],
+        monitored_jobs=[grid_job],
         request_job=report_job,
         default_status=DefaultSensorStatus.RUNNING,
-        description="When a partition's run succeeds: cross_dataset_report (the generalization "
-        "and the comparison reports) once both mortality partitions have an evaluation report, "
-        "else the comparison report alone; once per partition run.",
+        description="When a grid cell's run succeeds: cross_dataset_report (the generalization "
+        "and the comparison reports) once the default variant's cells of both mortality "
+        "partitions have an evaluation report, else the comparison report alone; once per "
+        "cell run.",
     )
     def cross_dataset_after_partitions(context: RunStatusSensorContext):
         run = context.dagster_run

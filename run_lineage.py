@@ -4,7 +4,9 @@ to show that nothing is redone when nothing changed, and say where everything is
 Each pass fingerprints the raw inputs (always: that is how a change is seen), then materializes
 only what is missing or stale (``staleness.py``: Dagster's data versions, plus the config each
 asset is about to run with and the model folder's fingerprint): the shared warehouse, each
-dataset-task partition, then the cross-dataset report. Runs go to the persistent Dagster
+dataset-task partition's shared stages and its default variant's grid cell (GRPO and the
+evaluation), then the cross-dataset reports. `make grid` (``experiment_grid.py``) adds the
+other variants' cells. Runs go to the persistent Dagster
 instance, so `make dev` shows them and their staleness.
 
 The settings come from a run profile (``profiles/<name>.yaml``, ``PROFILE=gpu`` or
@@ -27,9 +29,10 @@ from typing import Any
 import yaml
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, Definitions
 
-from assets.partitions import COHORTS
+from assets.partitions import COHORTS, cell_key
 from assets.training import RLCheckpointConfig
 from definitions import EAGRL_HOME, defs
+from eagrl_pipeline.variants import DEFAULT_VARIANT
 from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, stale_or_missing
 
 RAW = [AssetKey("raw_tjh"), AssetKey("raw_mimic_iv")]
@@ -131,7 +134,7 @@ class Pass:
     warned: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _execute(
+def execute(
     instance: DagsterInstance,
     lineage: Definitions,
     home: str | Path,
@@ -191,7 +194,7 @@ def lineage_pass(
     record, started = Pass(profile), time.monotonic()
 
     def run(job: str, keys: list[AssetKey], partition: str | None, label: str) -> bool:
-        return dry or _execute(instance, lineage, home, job, keys, partition, label, record)
+        return dry or execute(instance, lineage, home, job, keys, partition, label, record)
 
     def plan(label: str, todo: dict[AssetKey, str]) -> dict[AssetKey, str]:
         record.planned[label] = {key.to_user_string(): why for key, why in todo.items()}
@@ -213,8 +216,14 @@ def lineage_pass(
             partition,
             stale_or_missing(instance, lineage, keys, partition, cohort_relevance, planned),
         )
-        if todo:
-            run("partition_lineage", list(todo), partition, partition)
+        shared_ok = not todo or run("partition_lineage", list(todo), partition, partition)
+        cell = str(cell_key(partition, DEFAULT_VARIANT))  # the default variant's grid cell
+        keys = job_asset_keys(lineage, "experiment_grid")
+        todo = plan(
+            cell, stale_or_missing(instance, lineage, keys, cell, cohort_relevance, planned)
+        )
+        if todo and shared_ok:
+            run("experiment_grid", list(todo), cell, cell)
     cross = job_asset_keys(lineage, "cross_dataset_report")
     todo = plan("cross-dataset", stale_or_missing(instance, lineage, cross, planned=planned))
     if todo:
@@ -258,8 +267,9 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
         cohort = _read_json(artifacts / "cohort_dataset" / partition / "manifest.json")
         expert = _read_json(artifacts / "expert_model" / partition / "manifest.json")
         sft = _read_json(artifacts / "sft_checkpoint" / partition / "manifest.json")
-        rl = _read_json(artifacts / "rl_checkpoint" / partition / "manifest.json")
-        report = _read_json(artifacts / "evaluation_report" / partition / "report.json")
+        cell = Path(partition) / DEFAULT_VARIANT
+        rl = _read_json(artifacts / "rl_checkpoint" / cell / "manifest.json")
+        report = _read_json(artifacts / "evaluation_report" / cell / "report.json")
         trajectories = artifacts / "mcts_trajectories" / partition / "trajectories.jsonl"
         s = (cohort or {}).get("summary", {})
         sizes = "/".join(str(s.get(k, {}).get("patients", "-")) for k in ("train", "val", "test"))
@@ -294,10 +304,11 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
         print(f"  warning (non-blocking check) in {label}: {'; '.join(checks)}")
     print("\nreports (HTML):")
     for partition in COHORTS:
-        print(f"  {artifacts / 'evaluation_report' / partition / 'report.html'}")
+        print(f"  {artifacts / 'evaluation_report' / partition / DEFAULT_VARIANT / 'report.html'}")
     print(f"  {artifacts / 'generalization_report' / '_' / 'report.html'}")
     print(f"  {artifacts / 'comparison_report' / '_' / 'report.html'}  (methods x dataset-tasks)")
-    print(f"checkpoints:         {artifacts}/sft_checkpoint|rl_checkpoint/<partition>/adapter/")
+    print(f"checkpoints:         {artifacts}/sft_checkpoint/<partition>/adapter/, ")
+    print(f"                     {artifacts}/rl_checkpoint/<partition>/<variant>/adapter/")
     print(f"trajectories:        {artifacts}/mcts_trajectories/<partition>/trajectories.jsonl")
     print(f"warehouse (DuckDB):  {Path(EAGRL_HOME) / 'warehouse.duckdb'}")
     print(f"MLflow store:        {Path(EAGRL_HOME) / 'mlflow'}  (make mlflow opens the UI)")

@@ -26,10 +26,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, AssetsDefinition, DagsterInstance, Definitions
+from dagster import (
+    AssetKey,
+    AssetsDefinition,
+    DagsterInstance,
+    Definitions,
+    MultiPartitionsDefinition,
+)
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
+
+from assets.partitions import split_cell
 
 Relevance = Callable[[AssetKey, str | None, AssetKey], bool]
 
@@ -50,7 +58,7 @@ def stale_or_missing(
     keys: Iterable[AssetKey],
     partition_key: str | None = None,
     relevant: Relevance = _always,
-    planned: Mapping[AssetKey, str] | None = None,
+    planned: Mapping[AssetKey, str | Mapping[str, str]] | None = None,
 ) -> dict[AssetKey, str]:
     """Assets of ``keys`` to materialize for ``partition_key`` (unpartitioned assets ignore
     it), each with the reason: ``missing``, Dagster's stale causes, a changed upstream, or a
@@ -70,7 +78,9 @@ def stale_or_missing(
         node = graph.get(key)
         if not node.is_materializable or (node.is_partitioned and partition_key is None):
             continue
-        partition = partition_key if node.is_partitioned else None
+        partition = _node_partition(node.partitions_def, partition_key)
+        if node.is_partitioned and partition is None:
+            continue  # a grid cell's asset, planned with a cell key
         status = resolver.get_status(key, partition)
         if status == StaleStatus.MISSING:
             todo[key] = "missing"
@@ -92,14 +102,30 @@ def stale_or_missing(
             if causes:
                 todo[key] = "; ".join(sorted({c.reason for c in causes}))
         if key not in todo and planned and key in planned:
+            expected = planned[key]
+            if isinstance(expected, Mapping):  # a grid cell's: one fingerprint per cell
+                expected = expected.get(str(partition))
             recorded = recorded_fingerprint(instance, key, partition)
-            if recorded != planned[key]:
+            if recorded != expected:
                 todo[key] = _changed(key)
     return {key: why for key, why in todo.items() if key in wanted}
 
 
+def _node_partition(partitions_def: Any, partition_key: str | None) -> str | None:
+    """The partition of an asset that a plan for ``partition_key`` covers: a dataset-task stage
+    in a plan for a grid cell (``tjh-mortality|eagrl``) is its dataset-task; a grid cell's asset
+    has none in a plan for a dataset-task."""
+    if partitions_def is None or partition_key is None:
+        return None
+    is_cell = "|" in str(partition_key)
+    if isinstance(partitions_def, MultiPartitionsDefinition):
+        return str(partition_key) if is_cell else None
+    return split_cell(partition_key)[0] if is_cell else partition_key
+
+
 MODEL = AssetKey("base_language_model")
 EXPERTS = frozenset({AssetKey("expert_model"), AssetKey("expert_feature_ranking")})  # compute-aware
+RL = AssetKey("rl_checkpoint")
 
 
 def _changed(key: AssetKey) -> str:
@@ -134,7 +160,7 @@ def planned_fingerprints(
     run_config: Mapping[str, Any] | None,
     home: str | Path,
     resources: Mapping[str, Any] | None = None,
-) -> dict[AssetKey, str]:
+) -> dict[AssetKey, str | dict[str, str]]:
     """The config fingerprint each Python asset will record when run with ``run_config`` (the
     ``ops`` and ``resources`` sections of a job's run config, as the profiles hold them) and
     ``resources`` (``defs``' own by default)."""
@@ -146,7 +172,7 @@ def planned_fingerprints(
     graph = defs.resolve_asset_graph()
     llm = _resource(resources or defs.resources, "llm", overrides)
     compute = _resource(resources or defs.resources, "compute", overrides)
-    planned: dict[AssetKey, str] = {}
+    planned: dict[AssetKey, str | dict[str, str]] = {}
     for key in graph.get_all_asset_keys():
         definition = defs.resolve_assets_def(key)
         if not definition.is_executable or key not in definition.keys or len(definition.keys) > 1:
@@ -159,9 +185,32 @@ def planned_fingerprints(
         if config_class is None:
             continue
         raw = (ops.get(definition.op.name) or {}).get("config") or {}
+        if isinstance(definition.partitions_def, MultiPartitionsDefinition):
+            planned[key] = _cell_fingerprints(
+                key, config_class(**raw), set(raw), definition.partitions_def
+            )
+            continue
         settings = {"compute": compute.expert_version_settings()} if key in EXPERTS else {}
         planned[key] = config_fingerprint(config_class(**raw), **settings)
     return planned
+
+
+def _cell_fingerprints(
+    key: AssetKey, config: Any, given: set[str], partitions_def: Any
+) -> dict[str, str]:
+    """Per grid cell: the fingerprint the cell records, over the config it runs with (for
+    rl_checkpoint, the run config with the variant's fixed settings applied; none for a
+    variant without GRPO) and the variant's settings."""
+    from assets.training import rl_config_for_variant
+    from assets.versioning import config_fingerprint
+    from eagrl_pipeline.variants import get_variant
+
+    out = {}
+    for cell in partitions_def.get_partition_keys():
+        variant = get_variant(split_cell(cell)[1])
+        cell_config = rl_config_for_variant(config, variant, given) if key == RL else config
+        out[str(cell)] = config_fingerprint(cell_config, variant=variant.settings())
+    return out
 
 
 def _resource(resources: Mapping[str, Any], name: str, overrides: Mapping[str, Any]) -> Any:

@@ -34,14 +34,29 @@ from assets.llm_inputs import (
     load_cohort,
     sample_patients,
 )
-from assets.partitions import COHORTS, cohort_partitions, split_partition
+from assets.partitions import (
+    COHORTS,
+    SHARED_STAGE,
+    cell_key,
+    cell_partitions,
+    split_cell,
+    split_partition,
+)
 from assets.tags import GPU_OP_TAGS
 from assets.versioning import latest_metadata, versioned
+from eagrl_pipeline.evaluation.case_studies import (
+    CaseStudy,
+    build_case_studies,
+    case_studies_json,
+    render_case_studies,
+)
 from eagrl_pipeline.evaluation.comparison import (
-    DEFAULT_METHODS,
+    GRID_METHODS,
     PartitionResults,
     build_comparison,
     render_comparison,
+    scored_methods,
+    variant_rows,
 )
 from eagrl_pipeline.evaluation.predictions import (
     GenerationSettings,
@@ -66,6 +81,7 @@ from eagrl_pipeline.experts import load_expert
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.progress import progress_bar
 from eagrl_pipeline.prompts import PROMPTING_BASELINES, FeatureMatcher, baseline_prompt
+from eagrl_pipeline.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
 
 # Report name -> the training asset whose adapter/ folder holds that policy.
@@ -172,36 +188,13 @@ CPU_PERMUTATION_LEVELS: tuple[float, ...] = (1.0,)
 class EvaluationConfig(LLMEvaluationConfig):
     """The per-partition report's knobs (the LLM ones are shared with generalization)."""
 
-    prompting_baselines: list[str] = Field(
-        default_factory=list,
-        description="Prompting baselines of the base model to score beside base/SFT/RL, each a "
-        f"report row 'base_<name>': {sorted(PROMPTING_BASELINES)} (vanilla: answer directly; "
-        "think_answer: free reasoning, then the answer). The same patients and data; with "
-        "guided decoding their answers take the baseline's shape. Empty on the CPU default.",
+    score_start_policies: bool = Field(
+        default=True,
+        description="Also score the policies the cell's variant starts from (base, and SFT where "
+        "GRPO follows it), so a cell's report shows what each stage added. The experiment grid "
+        "turns it off: there each of those policies is a cell of its own (decomposition, "
+        "sft_only), scored once.",
     )
-
-    @field_validator("prompting_baselines")
-    @classmethod
-    def _known_baselines(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(PROMPTING_BASELINES))
-        if unknown or len(set(value)) != len(value):
-            raise ValueError(
-                f"prompting_baselines {value}: distinct names from {sorted(PROMPTING_BASELINES)}"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _think_fits_the_budget(self) -> "EvaluationConfig":
-        """A reasoning block that may fill max_new_tokens leaves no room for the answer."""
-        needed = self.scaffold.reasoning_tokens + self.scaffold.final_answer_tokens + 16
-        if "think_answer" in self.prompting_baselines and self.max_new_tokens < needed:
-            raise ValueError(
-                f"max_new_tokens={self.max_new_tokens} cannot hold the think_answer baseline's "
-                f"reasoning (scaffold.reasoning_tokens={self.scaffold.reasoning_tokens}) and its "
-                f"answer: raise max_new_tokens to at least {needed} or lower "
-                "scaffold.reasoning_tokens"
-            )
-        return self
 
     permutation_levels: list[float] = Field(
         default=list(CPU_PERMUTATION_LEVELS),
@@ -227,13 +220,19 @@ class GeneralizationConfig(LLMEvaluationConfig):
     )
 
 
-def policy_adapters(home: EagrlHome, partition: str) -> dict[str, Path]:
-    """The SFT and RL LoRA adapter folders of ``partition``; every missing one is named, with
-    the asset to materialize, before any model is loaded."""
+def policy_adapters(
+    home: EagrlHome, dataset_task: str, variant: str = DEFAULT_VARIANT
+) -> dict[str, Path]:
+    """The SFT adapter of ``dataset_task`` and the RL adapter of its ``variant`` cell; every
+    missing one is named, with the asset to materialize, before any model is loaded."""
+    folders = {
+        "sft": ("sft_checkpoint", dataset_task),
+        "rl": ("rl_checkpoint", str(cell_key(dataset_task, variant))),
+    }
     found: dict[str, Path] = {}
     missing: list[str] = []
-    for name, asset_name in POLICY_ASSETS.items():
-        path = home.artifacts / asset_name / partition / "adapter"
+    for name, (asset_name, partition) in folders.items():
+        path = home.artifact_path(asset_name, partition) / "adapter"
         if (path / "adapter_config.json").is_file():
             found[name] = path
         else:
@@ -244,6 +243,29 @@ def policy_adapters(home: EagrlHome, partition: str) -> dict[str, Path]:
     if missing:
         raise FileNotFoundError("; ".join(missing) + ".")
     return found
+
+
+def cell_policies(
+    home: EagrlHome, dataset_task: str, variant: Variant, with_start: bool
+) -> dict[str, Path | None]:
+    """Report row -> adapter (None: the base model) of the policies a cell scores: the variant's
+    own, and with ``with_start`` those it starts from. A missing adapter is named with the asset
+    to materialize."""
+    rows = [*(variant.start_rows() if with_start else ()), variant.report_row]
+    adapters: dict[str, Path | None] = {}
+    for row in rows:
+        if row not in POLICY_ASSETS:
+            adapters[row] = None
+            continue
+        partition = dataset_task if row == "sft" else str(cell_key(dataset_task, variant.name))
+        path = home.artifact_path(POLICY_ASSETS[row], partition) / "adapter"
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"no LoRA adapter at {path} (adapter_config.json missing): materialize "
+                f"{POLICY_ASSETS[row]}[{partition}] first."
+            )
+        adapters[row] = path
+    return adapters
 
 
 def _required(path: Path, asset_name: str, partition: str) -> Path:
@@ -325,9 +347,10 @@ def answer_prompts(
     return out
 
 
-def _training_note(home: EagrlHome, partition: str) -> list[str]:
-    """What GRPO had to learn from and what its gate measured (rl_checkpoint's manifest)."""
-    path = home.artifacts / "rl_checkpoint" / partition / "manifest.json"
+def _training_note(home: EagrlHome, cell: str) -> list[str]:
+    """What GRPO had to learn from and what its gate measured (the cell's rl_checkpoint
+    manifest)."""
+    path = home.artifact_path("rl_checkpoint", cell) / "manifest.json"
     if not path.exists():
         return []
     rl = json.loads(path.read_text())
@@ -430,10 +453,11 @@ def _log_mlflow(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     artifacts: Sequence[Path],
+    tags: dict[str, str] | None = None,
 ) -> str:
     import mlflow
 
-    with tracking.run(context, experiment=experiment, run_name=run_name) as run:
+    with tracking.run(context, experiment=experiment, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(dict(metrics))
         for path in artifacts:
@@ -441,39 +465,55 @@ def _log_mlflow(
         return run.info.run_id
 
 
-def _baseline_jobs(
-    prompts: PromptSet,
-    partition: str,
-    config: EvaluationConfig,
-    matcher: FeatureMatcher,
-    top_k: Mapping[int, list[str]],
-) -> list[_Job]:
-    """The base model's prompting baselines: the same patients, restyled prompts (permuted at
-    the same levels), answers in the baseline's guided shape."""
-    dataset, task = split_partition(partition)
-    jobs = []
-    for style in config.prompting_baselines:
-        restyled = [baseline_prompt(u, dataset, task, style) for u in prompts.user]
-        styled = dataclasses.replace(
-            prompts, system=tuple(s for s, _ in restyled), user=tuple(u for _, u in restyled)
+def _styled(prompts: PromptSet, dataset_task: str, style: str) -> PromptSet:
+    """The same patients' prompts asked in a prompting baseline's style."""
+    dataset, task = split_partition(dataset_task)
+    restyled = [baseline_prompt(u, dataset, task, style) for u in prompts.user]
+    return dataclasses.replace(
+        prompts, system=tuple(s for s, _ in restyled), user=tuple(u for _, u in restyled)
+    )
+
+
+def _row_generation(config: EvaluationConfig, row: str) -> GenerationSettings | None:
+    """A prompting baseline answers in its own guided shape; None: the report's settings. A
+    reasoning block that may fill max_new_tokens would leave no room for the answer."""
+    if not row.startswith("base_"):
+        return None
+    style = row.removeprefix("base_")
+    needed = config.scaffold.reasoning_tokens + config.scaffold.final_answer_tokens + 16
+    if PROMPTING_BASELINES[style].plan == "think" and config.max_new_tokens < needed:
+        raise ValueError(
+            f"max_new_tokens={config.max_new_tokens} cannot hold the {style} baseline's "
+            f"reasoning (scaffold.reasoning_tokens={config.scaffold.reasoning_tokens}) and its "
+            f"answer: raise evaluation_report's max_new_tokens to at least {needed} or lower "
+            "scaffold.reasoning_tokens"
         )
-        settings = dataclasses.replace(config.generation(), plan=PROMPTING_BASELINES[style].plan)
-        jobs.append(
-            _Job(f"base_{style}", partition, _prompt_sets(styled, config), matcher, top_k,
-                 settings)
-        )  # fmt: skip
-    return jobs
+    return dataclasses.replace(config.generation(), plan=PROMPTING_BASELINES[style].plan)
 
 
-def _baselines_note(jobs: Sequence[_Job]) -> list[str]:
-    if not jobs:
-        return []
-    names = ", ".join(f"`{job.name}`" for job in jobs)
-    return [
-        f"Prompting baselines ({names}): the base model on the same patients and data, asked "
-        "to answer directly (vanilla) or to reason freely and then answer (think_answer); "
-        "they list no important features, so their Jaccard is 0 by construction."
+def _variant_note(variant: Variant, rows: Sequence[str], dataset_task: str) -> list[str]:
+    own = variant.report_row
+    lines = [
+        f"Variant `{variant.name}` (settings {variant.settings_hash()}): {variant.description} "
+        f"Its policy is the row `{own}`"
+        + (
+            f"; {', '.join(f'`{r}`' for r in rows if r != own)} are the policies it starts from."
+            if len(rows) > 1
+            else "."
+        )
     ]
+    if own.startswith("base_"):
+        lines.append(
+            f"Prompting baseline `{own}`: the base model on the same patients and data, asked "
+            "another way; it lists no important features, so its Jaccard is 0 by construction."
+        )
+    if "sft" in rows:
+        lines.append(f"sft: the LoRA adapter of sft_checkpoint[{dataset_task}] merged.")
+    if "rl" in rows:
+        lines.append(
+            f"rl: the LoRA adapter of rl_checkpoint[{cell_key(dataset_task, variant.name)}] merged."
+        )
+    return lines
 
 
 def _auroc(report: Mapping[str, Any], name: str) -> float | None:
@@ -486,14 +526,14 @@ def _paths_metadata(paths: Mapping[str, Path]) -> dict[str, MetadataValue]:
 
 
 @asset(
-    partitions_def=cohort_partitions,
+    partitions_def=cell_partitions,
     group_name="evaluation",
     kinds={"huggingface", "pytorch", "mlflow"},
     deps=[
-        "llm_prompts",
-        "expert_model",
-        "expert_feature_ranking",
-        "sft_checkpoint",
+        *(
+            AssetDep(name, partition_mapping=SHARED_STAGE)
+            for name in ("llm_prompts", "expert_model", "expert_feature_ranking", "sft_checkpoint")
+        ),
         "rl_checkpoint",
     ],
     pool="gpu",
@@ -508,18 +548,23 @@ def evaluation_report(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Base, SFT and RL policies and the expert on the test split: bootstrap AUROC/AUPRC,
-    calibration, parse failures, Jaccard with the expert, RL's improvement over the base model,
-    and AUROC/AUPRC with feature order permuted. report.json/.md/.html, logged to MLflow."""
+    """A grid cell's policy (and, by default, the policies it starts from) and the expert on the
+    dataset-task's test split: bootstrap AUROC/AUPRC, calibration, parse failures, Jaccard with
+    the expert, RL's improvement over the base model where the cell trains RL, and AUROC/AUPRC
+    with feature order permuted. report.json/.md/.html, logged to MLflow (one experiment per
+    dataset-task, a run per variant)."""
     require_passing_upstream_checks(context)
-    partition = context.partition_key
+    cell = str(context.partition_key)
+    partition, variant_name = split_cell(cell)
+    variant = get_variant(variant_name)
     dataset, _ = split_partition(partition)
-    adapters = policy_adapters(home, partition)
+    adapters = cell_policies(home, partition, variant, config.score_start_policies)
+    generation = {row: _row_generation(config, row) for row in adapters}
     test = load_test_prompts(home, partition)
     sample = sample_patients(test, config.max_test_patients, config.sample_seed)
     prompts = PromptSet.from_frame(sample)
     top_k = ranked_top_features(home, partition)
-    expert_dir = home.artifacts / "expert_model" / partition
+    expert_dir = home.artifact_path("expert_model", partition)
     manifest = json.loads(
         _required(expert_dir / "manifest.json", "expert_model", partition).read_text()
     )
@@ -534,12 +579,19 @@ def evaluation_report(
     device = compute.configure_torch(llm=True)
     matcher = feature_matcher(warehouse, dataset)
     sets = _prompt_sets(prompts, config)
-    baselines = _baseline_jobs(prompts, partition, config, matcher, top_k)
-    loads = [(None, [_Job("base", partition, sets, matcher, top_k), *baselines])] + [
-        (adapters[name], [_Job(name, partition, sets, matcher, top_k)]) for name in POLICY_ASSETS
-    ]
-    answers = answer_prompts(context, llm, home, device, config.generation(), loads)
-    llm_models = [*LLM_MODELS, *(job.name for job in baselines)]
+
+    def job(row: str) -> _Job:
+        shown = prompts if not row.startswith("base_") else _styled(prompts, partition, row[5:])
+        row_sets = sets if shown is prompts else _prompt_sets(shown, config)
+        return _Job(row, partition, row_sets, matcher, top_k, generation[row])
+
+    by_adapter: dict[Path | None, list[_Job]] = {}
+    for row, adapter in adapters.items():
+        by_adapter.setdefault(adapter, []).append(job(row))
+    answers = answer_prompts(
+        context, llm, home, device, config.generation(), list(by_adapter.items())
+    )
+    llm_models = list(adapters)
 
     position = {pid: i for i, pid in enumerate(arrays.patient_ids.tolist())}
     expert_sets = {
@@ -562,24 +614,24 @@ def evaluation_report(
     n_test, n_llm = len(test), len(prompts)
     k = max((len(v) for v in top_k.values()), default=0)
     notes = [
-        f"Test patients: base, sft, rl and `expert` are scored on the same seeded, "
+        f"Test patients: {', '.join(llm_models)} and `expert` are scored on the same seeded, "
         f"label-stratified sample of {n_llm} of the {n_test} test patients (seed "
         f"{config.sample_seed}); `expert_all_test` is the expert on all {n_test}.",
+        *_variant_note(variant, llm_models, partition),
         f"Expert: {manifest['primary']}, the primary model of expert_model[{partition}]. "
         f"Jaccard compares each LLM's <Important Features> with the expert's top-{k} features "
         "per patient among the features the patient's prompt shows (expert_feature_ranking, "
         "llm_prompts).",
-        f"LLMs: base is {llm.model_dir(home.root)} zero-shot; sft and rl are the same model with "
-        f"the LoRA adapter of sft_checkpoint[{partition}] / rl_checkpoint[{partition}] merged.",
+        f"Base model: {llm.model_dir(home.root)}; a trained policy is it with its LoRA adapter "
+        "merged.",
         config.decoding_note(),
         f"Feature-order permutation seed {config.permutation_seed}: each LLM patient's prompt "
         "gets its own permutation; the expert's columns get one permutation per level.",
         *_unpermutable_note(sets),
-        *_training_note(home, partition),
-        *_baselines_note(baselines),
+        *(_training_note(home, cell) if variant.trains_grpo else []),
     ]
     report = build_report(
-        f"EAG-RL evaluation: {partition}",
+        f"EAG-RL evaluation: {partition}, variant {variant.name}",
         models,
         robustness,
         notes,
@@ -588,7 +640,9 @@ def evaluation_report(
         fallback_probability=config.fallback_probability,
         robustness_resamples=config.robustness_resamples,
     )
-    out_dir = home.artifact_dir("evaluation_report", partition)
+    report = {**report, "variant": {"name": variant.name, "row": variant.report_row,
+                                    "settings_hash": variant.settings_hash()}}  # fmt: skip
+    out_dir = home.artifact_dir("evaluation_report", cell)
     paths = write_report(out_dir, report, models, robustness)
     predictions_paths = [
         _write_parquet(_records(answers), out_dir / "llm_predictions.parquet"),
@@ -602,20 +656,23 @@ def evaluation_report(
         context,
         mlflow_tracking,
         f"evaluation/{partition}",
-        f"evaluation-{partition}",
+        cell,
         {
             **config.model_dump(),
             "partition": partition,
+            "variant": variant.name,
             "device": device,
             "base_model": llm.model_dir(home.root),
             "expert": manifest["primary"],
-            **{f"adapter_{name}": path for name, path in adapters.items()},
+            **{f"adapter_{name}": path for name, path in adapters.items() if path},
         },
         report_metrics(report),
         [*paths.values(), *predictions_paths],
+        tags={"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()},
     )
     headline = report["headline"]["average_pct"]
-    context.log.info(f"evaluation {partition}: RL vs base {headline} % (average AUROC/AUPRC)")
+    if headline is not None:
+        context.log.info(f"evaluation {cell}: RL vs base {headline} % (average AUROC/AUPRC)")
     return versioned(
         context,
         MaterializeResult(
@@ -623,6 +680,9 @@ def evaluation_report(
                 "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
                 **_paths_metadata(paths),
                 **{p.stem: MetadataValue.path(str(p)) for p in predictions_paths},
+                "variant": variant.name,
+                "variant_hash": variant.settings_hash(),
+                "variant_row": variant.report_row,
                 "headline_rl_vs_base_pct": headline,
                 **{f"test_auroc_{m.name}": _auroc(report, m.name) for m in models},
                 "test_patients_llm": n_llm,
@@ -633,6 +693,7 @@ def evaluation_report(
             }
         ),
         config,
+        variant=variant.settings(),
     )
 
 
@@ -656,20 +717,21 @@ def _shared_features_line(transfer: Mapping[str, Any]) -> str:
 
 
 _pair = SpecificPartitionsPartitionMapping(list(GENERALIZATION_PARTITIONS))
+# The transferred RL policies: the default variant's cells of the two mortality partitions.
+_pair_cells = SpecificPartitionsPartitionMapping(
+    [str(cell_key(p)) for p in GENERALIZATION_PARTITIONS]
+)
 
 
 @asset(
     group_name="evaluation",
     kinds={"huggingface", "pytorch", "mlflow"},
     deps=[
-        AssetDep(key, partition_mapping=_pair)
-        for key in (
-            "cohort_dataset",
-            "llm_prompts",
-            "expert_feature_ranking",
-            "sft_checkpoint",
-            "rl_checkpoint",
-        )
+        *(
+            AssetDep(key, partition_mapping=_pair)
+            for key in ("cohort_dataset", "llm_prompts", "expert_feature_ranking", "sft_checkpoint")
+        ),
+        AssetDep("rl_checkpoint", partition_mapping=_pair_cells),
     ],
     pool="gpu",
     op_tags=GPU_OP_TAGS,
@@ -683,9 +745,10 @@ def generalization_report(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Zero-shot transfer: the policies trained on MIMIC-IV mortality answer TJH's test prompts
-    as they are, and the other way round, next to the base model on the same prompts. The expert
-    cannot read the other dataset's inputs: marked not applicable, with the shared features."""
+    """Zero-shot transfer: the policies trained on MIMIC-IV mortality (SFT, and RL of the default
+    variant, eagrl) answer TJH's test prompts as they are, and the other way round, next to the
+    base model on the same prompts. The expert cannot read the other dataset's inputs: marked not
+    applicable, with the shared features."""
     require_passing_upstream_checks(context)
     a, b = GENERALIZATION_PARTITIONS
     adapters = {p: policy_adapters(home, p) for p in GENERALIZATION_PARTITIONS}
@@ -743,10 +806,10 @@ def generalization_report(
         notes = [
             f"Test patients: a seeded, label-stratified sample of {len(samples[target])} of the "
             f"{len(tests[target])} {target} test patients (seed {config.sample_seed}).",
-            f"sft and rl: the LoRA adapters of sft_checkpoint[{source}] / rl_checkpoint[{source}]"
-            f" merged into the base model. Answers parsed with {datasets[target]}'s feature "
-            f"dictionary; Jaccard against expert_feature_ranking[{target}]'s top-k among the "
-            "features each prompt shows.",
+            f"sft and rl: the LoRA adapters of sft_checkpoint[{source}] / rl_checkpoint"
+            f"[{cell_key(source)}] merged into the base model. Answers parsed with "
+            f"{datasets[target]}'s feature dictionary; Jaccard against "
+            f"expert_feature_ranking[{target}]'s top-k among the features each prompt shows.",
             config.decoding_note(),
             f"Expert trained on {source}: not applicable on {target} (see the top of the report).",
             *_unpermutable_note(sets[target]),
@@ -808,21 +871,32 @@ def generalization_report(
 class ComparisonConfig(Config):
     methods: list[str] = Field(
         default_factory=list,
-        description="Rows of the comparison, in order (models the evaluation reports scored: "
-        "base, base_<prompting baseline>, sft, rl, expert); empty: every model any report "
-        f"scored, at least {list(DEFAULT_METHODS)}. A row a partition did not score reads "
-        "'not materialized'.",
+        description="Rows of the comparison, in order: variants (eagrl_pipeline/variants.py) "
+        "and 'expert'; empty: every variant any cell evaluated, at least "
+        f"{list(GRID_METHODS)}. A row whose cell was not materialized reads 'not materialized'.",
     )
     reference: str = Field(
-        default="rl",
+        default=DEFAULT_VARIANT,
         description="The row every other is compared with (paired bootstrap on the same test "
-        "patients): rl, EAG-RL's policy.",
+        "patients): eagrl, EAG-RL's policy.",
     )
     bootstrap_resamples: int = Field(default=1000, ge=0, description="Paired resamples.")
     bootstrap_seed: int = Field(default=42, description="Seed of the paired bootstrap.")
+    case_patients_per_class: int = Field(
+        default=1, ge=0, description="Case studies: seeded test patients of each label."
+    )
+    case_disagreements: int = Field(
+        default=2, ge=0, description="Case studies: the patients the methods disagree on most."
+    )
+    case_seed: int = Field(default=0, description="Seed of the case studies' draw.")
 
     @model_validator(mode="after")
-    def _reference_is_a_row(self) -> "ComparisonConfig":
+    def _known_rows(self) -> "ComparisonConfig":
+        unknown = [m for m in [*self.methods, self.reference] if m not in (*VARIANTS, "expert")]
+        if unknown:
+            raise ValueError(
+                f"comparison rows {unknown} are not variants: choose from {[*VARIANTS, 'expert']}"
+            )
         if self.methods and self.reference not in self.methods:
             raise ValueError(
                 f"reference {self.reference!r} is not among methods {self.methods}: add it to "
@@ -834,9 +908,9 @@ class ComparisonConfig(Config):
 EVALUATION_FILES = ("report.json", "llm_predictions.parquet", "expert_predictions.parquet")
 
 
-def _evaluation_results(home: EagrlHome, partition: str) -> PartitionResults | None:
-    """A partition's evaluation outputs, or None where they were never written."""
-    folder = home.artifacts / "evaluation_report" / partition
+def _evaluation_results(home: EagrlHome, cell: str) -> PartitionResults | None:
+    """A grid cell's evaluation outputs, or None where they were never written."""
+    folder = home.artifact_path("evaluation_report", cell)
     files = [folder / name for name in EVALUATION_FILES]
     if not all(path.exists() for path in files):
         return None
@@ -845,12 +919,36 @@ def _evaluation_results(home: EagrlHome, partition: str) -> PartitionResults | N
     return PartitionResults(report, predictions)
 
 
-def _provenance(context: AssetExecutionContext, partition: str) -> dict[str, str | None]:
-    """The Dagster and MLflow runs behind a partition's evaluation report (a cell's source)."""
+def _case_studies(
+    home: EagrlHome,
+    partitions: Mapping[str, PartitionResults | None],
+    methods: Sequence[str],
+    config: ComparisonConfig,
+) -> list[CaseStudy]:
+    """A few test patients per evaluated dataset-task, every method's answer side by side."""
+    cases: list[CaseStudy] = []
+    for dataset_task, results in partitions.items():
+        prompts = home.artifact_path("llm_prompts", dataset_task) / "prompts.parquet"
+        if results is None or not prompts.exists():
+            continue
+        cases += build_case_studies(
+            dataset_task,
+            results.predictions,
+            pd.read_parquet(prompts, columns=["patient_id", "user"]),
+            methods,
+            per_class=config.case_patients_per_class,
+            disagreements=config.case_disagreements,
+            seed=config.case_seed,
+        )
+    return cases
+
+
+def _provenance(context: AssetExecutionContext, cell: str) -> dict[str, str | None]:
+    """The grid cell, Dagster run and MLflow run behind a comparison row."""
     run_id, mlflow_run_id = latest_metadata(
-        context.instance, AssetKey("evaluation_report"), partition, "mlflow_run_id"
+        context.instance, AssetKey("evaluation_report"), cell, "mlflow_run_id"
     )
-    return {"dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id}
+    return {"cell": cell, "dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id}
 
 
 @asset(
@@ -864,34 +962,60 @@ def comparison_report(
     home: EagrlHome,
     mlflow_tracking: MlflowTracking,
 ):
-    """Methods x dataset-tasks from whatever evaluation reports exist: AUROC/AUPRC (bootstrap
-    mean ± std), each row's paired bootstrap difference from the reference row on the same
-    test patients, robustness per permutation level, parse rate and Jaccard, the
-    generalization directions; cells of partitions not materialized say so. Markdown, JSON and
-    a self-contained HTML page with a plot per metric; each column names its Dagster and MLflow
-    runs."""
-    partitions = {p: _evaluation_results(home, p) for p in COHORTS}
+    """Methods (the grid's variants and the expert) x dataset-tasks from whatever grid cells
+    were evaluated: AUROC/AUPRC (bootstrap mean ± std), each row's paired bootstrap difference
+    from the reference row (eagrl) on the same test patients, robustness per permutation level,
+    parse rate and Jaccard, the generalization directions; a cell never materialized says so.
+    Markdown, JSON and a self-contained HTML page with a plot per metric; every cell names the
+    grid cell, Dagster run and MLflow run it was read from. Beside it, case studies
+    (case_studies.md/.html/.json): a few seeded test patients per dataset-task and those the
+    methods disagree on most, with the features shown, each method's steps, its important
+    features against the expert's top-k and its probability."""
+    partitions: dict[str, PartitionResults | None] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for dataset_task in COHORTS:
+        cells = {v: _evaluation_results(home, str(cell_key(dataset_task, v))) for v in VARIANTS}
+        partitions[dataset_task], sources[dataset_task] = variant_rows(cells)
+    methods = config.methods or None
+    if methods is None:
+        found = scored_methods(partitions)
+        methods = [*found, *(m for m in GRID_METHODS if m not in found)]
+        methods = [m for m in (*VARIANTS, "expert") if m in methods]
     generalization_path = home.artifacts / "generalization_report" / "_" / "report.json"
     generalization = (
         json.loads(generalization_path.read_text()) if generalization_path.exists() else None
     )
     comparison = build_comparison(
         partitions,
-        methods=config.methods or None,
+        methods=methods,
         reference=config.reference,
         generalization=generalization,
         n_resamples=config.bootstrap_resamples,
         seed=config.bootstrap_seed,
     )
     comparison["provenance"] = {
-        p: _provenance(context, p) for p, results in partitions.items() if results is not None
+        dataset_task: {
+            row: _provenance(context, str(cell_key(dataset_task, variant)))
+            for row, variant in rows.items()
+        }
+        for dataset_task, rows in sources.items()
+        if rows
     }
     texts = {
         "json": json.dumps(comparison, indent=2, allow_nan=False) + "\n",
         **render_comparison(comparison),
     }
+    cases = _case_studies(home, partitions, methods, config)
     out_dir = home.artifact_dir("comparison_report")
     paths = write_texts(out_dir, texts)
+    case_paths = write_texts(
+        out_dir,
+        {
+            "json": json.dumps(case_studies_json(cases), indent=2, default=str) + "\n",
+            **render_case_studies(cases, "EAG-RL case studies: methods side by side per patient"),
+        },
+        stem="case_studies",
+    )
     cells = [c for row in comparison["cells"].values() for c in row.values()]
     materialized = sum(c["status"] == "ok" for c in cells)
     run_id = _log_mlflow(
@@ -901,7 +1025,7 @@ def comparison_report(
         "comparison",
         config.model_dump(),
         {"cells_materialized": materialized, "cells_missing": len(cells) - materialized},
-        list(paths.values()),
+        [*paths.values(), *case_paths.values()],
     )
     return versioned(
         context,
@@ -909,8 +1033,11 @@ def comparison_report(
             metadata={
                 "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
                 **_paths_metadata(paths),
+                "case_studies": MetadataValue.path(str(case_paths["html"])),
+                "case_study_patients": len(cases),
                 "cells_materialized": materialized,
                 "cells_missing": len(cells) - materialized,
+                "rows": ", ".join(methods),
                 "partitions": ", ".join(p for p, r in partitions.items() if r is not None),
                 "mlflow_run_id": run_id,
             }

@@ -4,9 +4,9 @@ Dagster skips the children of an asset whose blocking check fails *in the same r
 that starts below it (the weekly ``retrain`` job starts at the experts; a launchpad run of one
 stage; a backfill) would read the output that failed its gate. Every Python asset therefore calls
 :func:`require_passing_upstream_checks` first: it reads the blocking check results recorded with
-the latest materialization of each parent (the same partition of a partitioned parent; the
-project's checks are evaluated in the asset's own step) and refuses, naming the check and the
-fix, where one failed. (Declarative automation's
+the latest materialization of each parent (the same partition of a partitioned parent, the
+dataset-task of a grid cell's shared stage; the project's checks are evaluated in the asset's
+own step) and refuses, naming the check and the fix, where one failed. (Declarative automation's
 ``AutomationCondition.all_deps_blocking_checks_passed`` says the same for automated runs; this
 holds for every run, however launched.)
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from dagster import AssetExecutionContext, DagsterEventType, Failure
+
+from assets.partitions import parent_partition
 
 REPORT_TAG = "eagrl/failed_checks"
 
@@ -34,8 +36,7 @@ def failed_upstream_checks(
     for parent in sorted(layer.get(context.asset_key).parent_keys):
         if parent.to_user_string() in ignore:
             continue
-        partitioned = layer.get(parent).partitions_def is not None and context.has_partition_key
-        partition = context.partition_key if partitioned else None
+        partition = parent_partition(context, layer.get(parent).partitions_def)
         record = context.instance.get_latest_data_version_record(parent, partition_key=partition)
         if record is None or not record.run_id:
             continue

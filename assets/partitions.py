@@ -1,19 +1,81 @@
-"""The dataset-task partitions shared by every per-cohort stage."""
+"""The two partition kinds of the lineage.
+
+- ``cohort_partitions`` (dataset-task): every stage a method variant does not change (cohorts,
+  experts, prompts, base answers, trajectories, the SFT adapter) is computed once per cohort.
+- ``cell_partitions`` (dataset-task x variant, keys such as ``tjh-mortality|eagrl``): the
+  experiment grid's cells, ``rl_checkpoint`` and ``evaluation_report``. They read the
+  cohort-partitioned stages through ``SHARED_STAGE``, so every variant of a dataset-task reuses
+  the same cohort, expert, prompts and SFT adapter.
+"""
 
 from __future__ import annotations
 
-from dagster import StaticPartitionsDefinition
+import warnings
+
+from dagster import (
+    AssetExecutionContext,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    MultiToSingleDimensionPartitionMapping,
+    PartitionsDefinition,
+    StaticPartitionsDefinition,
+)
+from dagster._utils.warnings import BetaWarning
+
+from eagrl_pipeline.variants import DEFAULT_VARIANT, VARIANTS
 
 COHORTS: tuple[str, ...] = ("tjh-mortality", "mimic_iv-mortality", "mimic_iv-readmission")
 cohort_partitions = StaticPartitionsDefinition(list(COHORTS))
 
+DATASET_TASK, VARIANT = "dataset_task", "variant"
+variant_partitions = StaticPartitionsDefinition(list(VARIANTS))
+cell_partitions = MultiPartitionsDefinition(
+    {DATASET_TASK: cohort_partitions, VARIANT: variant_partitions}
+)
+# A cell reads the dataset-task partition of a shared stage (the mapping Dagster would infer,
+# spelled out; its class is marked beta, hence the filter).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", BetaWarning)
+    SHARED_STAGE = MultiToSingleDimensionPartitionMapping(partition_dimension_name=DATASET_TASK)
+
+
+def cell_key(dataset_task: str, variant: str = DEFAULT_VARIANT) -> MultiPartitionKey:
+    """The grid cell ``dataset_task|variant``."""
+    return MultiPartitionKey({DATASET_TASK: dataset_task, VARIANT: variant})
+
+
+def split_cell(key: str) -> tuple[str, str]:
+    """``"tjh-mortality|eagrl"`` (or its MultiPartitionKey) -> ``("tjh-mortality", "eagrl")``."""
+    if isinstance(key, MultiPartitionKey):
+        dims = key.keys_by_dimension
+        return dims[DATASET_TASK], dims[VARIANT]
+    dataset_task, _, variant = str(key).partition("|")
+    if not variant:
+        raise ValueError(f"{key!r} is not a grid cell (dataset_task|variant)")
+    return dataset_task, variant
+
 
 def split_partition(key: str) -> tuple[str, str]:
-    """``"mimic_iv-readmission"`` -> ``("mimic_iv", "readmission")``."""
-    dataset, task = key.split("-", 1)
+    """``"mimic_iv-readmission"`` -> ``("mimic_iv", "readmission")`` (a cell's key: its
+    dataset-task)."""
+    dataset_task = split_cell(key)[0] if "|" in str(key) else str(key)
+    dataset, task = dataset_task.split("-", 1)
     return dataset, task
 
 
 def cohort_mart(key: str) -> str:
     dataset, task = split_partition(key)
     return f"cohort_{dataset}_{task}"
+
+
+def parent_partition(
+    context: AssetExecutionContext, parent_def: PartitionsDefinition | None
+) -> str | None:
+    """The partition of a parent this step reads: its own key, or, for a grid cell reading a
+    dataset-task stage, the cell's dataset-task (None for an unpartitioned parent)."""
+    if parent_def is None or not context.has_partition_key:
+        return None
+    key = context.partition_key
+    if isinstance(key, MultiPartitionKey) and not isinstance(parent_def, MultiPartitionsDefinition):
+        return split_cell(key)[0]
+    return key

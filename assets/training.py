@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     Config,
     MaterializeResult,
@@ -25,7 +27,13 @@ from pydantic import Field, model_validator
 
 from assets.gates import require_passing_upstream_checks
 from assets.llm_inputs import ScaffoldCaps, expert_top_features, feature_dictionary, sample_patients
-from assets.partitions import cohort_partitions, split_partition
+from assets.partitions import (
+    SHARED_STAGE,
+    cell_partitions,
+    cohort_partitions,
+    split_cell,
+    split_partition,
+)
 from assets.tags import GPU_OP_TAGS
 from assets.versioning import versioned
 from eagrl_pipeline.evaluation.metrics import paired_bootstrap_difference
@@ -36,6 +44,7 @@ from eagrl_pipeline.prompts.features import dictionary_aliases
 from eagrl_pipeline.rewards import RewardWeights
 from eagrl_pipeline.training.grpo import REWARD_NAMES, GRPOSettings, summarize_log_history
 from eagrl_pipeline.training.sft import LoraSettings, SFTSettings
+from eagrl_pipeline.variants import Variant, apply_variant, get_variant
 from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehouse
 
 
@@ -121,6 +130,11 @@ class RLCheckpointConfig(Config):
     eps_low: float = Field(default=0.2, description="Lower clip ε (fixed).")
     eps_high_min: float = Field(default=0.2, description="Adaptive ε_high lower bound.")
     eps_high_max: float = Field(default=0.4, description="Adaptive ε_high upper bound.")
+    eps_high_fixed: float | None = Field(
+        default=None,
+        description="adaptive_clip false: a fixed upper clip ε_high (DAPO's clip-higher: 0.28); "
+        "empty: trl's symmetric clip (ε_high = eps_low).",
+    )
     max_train_prompts: int | None = Field(
         default=4, description="Train prompts (a label-stratified sample; empty: all)."
     )
@@ -204,6 +218,7 @@ class RLCheckpointConfig(Config):
             eps_low=self.eps_low,
             eps_high_min=self.eps_high_min,
             eps_high_max=self.eps_high_max,
+            eps_high_fixed=self.eps_high_fixed,
             seed=self.seed,
             guided_generation=self.guided_generation,
             disable_dropout=self.disable_dropout,
@@ -482,10 +497,13 @@ def sft_checkpoint(
 
 
 @asset(
-    partitions_def=cohort_partitions,
+    partitions_def=cell_partitions,
     group_name="training",
     kinds={"pytorch", "huggingface"},
-    deps=["sft_checkpoint", "llm_prompts", "expert_feature_ranking"],
+    deps=[
+        AssetDep(name, partition_mapping=SHARED_STAGE)
+        for name in ("sft_checkpoint", "llm_prompts", "expert_feature_ranking")
+    ],
     pool="gpu",
     op_tags=GPU_OP_TAGS,
     check_specs=[
@@ -494,9 +512,11 @@ def sft_checkpoint(
             asset="rl_checkpoint",
             blocking=True,
             description="RL policy credibly better than the policy it started from (SFT; the "
-            "base model with start_from=base) on held-out validation patients: the lower bound "
-            "of the 95 % paired bootstrap interval of the per-patient reward RL − start exceeds "
-            "min_reward_gain; both answer greedily under evaluation's scaffold.",
+            "base model for a variant without Stage 1) on held-out validation patients: the "
+            "lower bound of the 95 % paired bootstrap interval of the per-patient reward RL − "
+            "start exceeds min_reward_gain; both answer greedily under evaluation's scaffold. "
+            "A variant that trains no GRPO (a prompting baseline, sft_only) has nothing to gate: "
+            "its result passes and says so.",
         )
     ],
 )
@@ -509,12 +529,23 @@ def rl_checkpoint(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Stage 2: GRPO from the SFT adapter (or, start_from=base, a fresh adapter on the base
-    model: the ablation without Stage 1) on train prompts, reward λ·R_cls + (1−λ)·R_att plus
-    the format term, with the entropy-aware adaptive upper clip; groups sampled under the
-    evaluation's scaffold. trl logs every step to MLflow (reward parts, frac_reward_zero_std,
-    clip_ratio/*, adaptive_clip/*); the manifest adds how many groups had reward spread, the ε
-    and clip summary and the gate's paired comparison with the SFT policy."""
+    """A grid cell's policy (dataset-task x method variant, eagrl_pipeline/variants.py). For a
+    GRPO variant, Stage 2: GRPO from the SFT adapter (or a fresh adapter on the base model) on
+    train prompts, reward λ·R_cls + (1−λ)·R_att plus the format term, with the entropy-aware
+    adaptive upper clip (or the variant's fixed clip); groups sampled under the evaluation's
+    scaffold; the variant's fixed settings override the run config. trl logs every step to
+    MLflow (reward parts, frac_reward_zero_std, clip_ratio/*, adaptive_clip/*); the manifest adds
+    how many groups had reward spread, the ε and clip summary and the gate's paired comparison
+    with the starting policy. For a variant without GRPO, a manifest naming its policy (the base
+    model and prompting style, or the SFT adapter), so every cell's evaluation reads one place."""
+    dataset_task, variant_name = split_cell(context.partition_key)
+    variant = get_variant(variant_name)
+    out_dir = home.artifact_dir("rl_checkpoint", context.partition_key)
+    cell_config = rl_config_for_variant(config, variant, given_config(context))
+    if cell_config is None:
+        yield from _policy_pointer(context, home, variant, dataset_task, out_dir)
+        return
+    config = cell_config
     from_base = config.start_from == "base"
     require_passing_upstream_checks(context, ignore={"sft_checkpoint"} if from_base else ())
     import mlflow
@@ -524,14 +555,15 @@ def rl_checkpoint(
 
     settings = dataclasses.replace(config.settings(), code_version=_code_version(context))
     settings.validate(compute.num_processes)
-    partition = context.partition_key
-    dataset, _ = split_partition(partition)
-    sft_adapter = None if from_base else home.artifact_dir("sft_checkpoint", partition) / "adapter"
-    prompts = pd.read_parquet(home.artifact_dir("llm_prompts", partition) / "prompts.parquet")
+    dataset, _ = split_partition(dataset_task)
+    sft_adapter = (
+        None if from_base else home.artifact_path("sft_checkpoint", dataset_task) / "adapter"
+    )
+    prompts = pd.read_parquet(home.artifact_path("llm_prompts", dataset_task) / "prompts.parquet")
     train = sample_patients(
         prompts[prompts["split"] == "train"], config.max_train_prompts, config.seed
     )
-    expert_top = expert_top_features(home, partition)
+    expert_top = expert_top_features(home, dataset_task)
     rows = [
         grpo_row(r.system, r.user, r.label, expert_top.get(r.patient_id, []))
         for r in train.itertuples()
@@ -539,9 +571,13 @@ def rl_checkpoint(
     names, aliases = _matcher(warehouse, dataset)
     device = compute.configure_torch(llm=True)
     precision = compute.resolved_precision()
-    out_dir = home.artifact_dir("rl_checkpoint", partition)
     model_dir = llm.model_dir(home.root)
-    with mlflow_tracking.run(context, experiment=f"grpo/{partition}", run_name=partition) as run:
+    with mlflow_tracking.run(
+        context,
+        experiment=f"grpo/{dataset_task}",
+        run_name=str(context.partition_key),
+        tags=variant_tags(variant),
+    ) as run:
         mlflow.log_params({"device": device, "precision": precision, "n_prompts": len(rows)})
         spec = grpo_spec(
             model_dir, sft_adapter, rows, names, aliases, settings, out_dir / "staged",
@@ -581,6 +617,7 @@ def rl_checkpoint(
     gate_figures = {k: v for k, v in gate.items() if k != "passed"}
     manifest = {
         **outcome,
+        **variant_manifest(variant),
         "mlflow_run_id": run_id,
         **gate_figures,
         "val_reward_gate_passed": gate["passed"],
@@ -594,6 +631,9 @@ def rl_checkpoint(
         MaterializeResult(
             metadata={
                 "adapter": MetadataValue.path(str(adapter)),
+                "policy": "grpo",
+                "variant": variant.name,
+                "variant_hash": variant.settings_hash(),
                 "mlflow_run_id": run_id,
                 "prompts": len(rows),
                 "steps": outcome["global_step"],
@@ -609,10 +649,90 @@ def rl_checkpoint(
             }
         ),
         config,
+        variant=variant.settings(),
     )
     yield AssetCheckResult(
         check_name="rl_reward_improved",
         passed=bool(gate["passed"]),
         severity=AssetCheckSeverity.ERROR,
         metadata=gate_figures,
+    )
+
+
+def rl_config_for_variant(
+    config: RLCheckpointConfig, variant: Variant, explicit: Collection[str]
+) -> RLCheckpointConfig | None:
+    """The settings a cell trains with: the run config with the variant's fixed settings applied
+    (None for a variant that trains no GRPO); ``explicit``: the settings the run config gave
+    (a clash with the variant is refused). The planner fingerprints cells with it too."""
+    if not variant.trains_grpo:
+        return None
+    return RLCheckpointConfig(**apply_variant(variant, config.model_dump(), set(explicit)))
+
+
+def given_config(context: AssetExecutionContext) -> set[str]:
+    """The config keys the run's own config sets for this asset (Dagster's resolved config
+    fills the defaults, and even marks some of them as set)."""
+    ops = (context.run.run_config or {}).get("ops") or {}
+    return set((ops.get(context.op_execution_context.op.name) or {}).get("config") or {})
+
+
+def variant_tags(variant: Variant) -> dict[str, str]:
+    """MLflow tags of a cell's runs: MLflow's run comparison lines the variants up by these."""
+    return {"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()}
+
+
+def variant_manifest(variant: Variant) -> dict[str, object]:
+    return {
+        "variant": variant.name,
+        "variant_hash": variant.settings_hash(),
+        "variant_settings": variant.settings(),
+        "policy": variant.policy,
+        "prompting": variant.prompting,
+    }
+
+
+def _policy_pointer(
+    context: AssetExecutionContext,
+    home: EagrlHome,
+    variant: Variant,
+    dataset_task: str,
+    out_dir: Path,
+):
+    """A cell without GRPO: its manifest names the policy the cell evaluates (the base model in
+    the variant's prompting style, or the dataset-task's SFT adapter); nothing is trained."""
+    adapter = None
+    if variant.policy == "sft":
+        require_passing_upstream_checks(context)
+        adapter = home.artifact_path("sft_checkpoint", dataset_task) / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"no LoRA adapter at {adapter}: materialize sft_checkpoint[{dataset_task}] before "
+                f"the {variant.name} cell"
+            )
+    manifest = {**variant_manifest(variant), "adapter_dir": str(adapter) if adapter else None}
+    shutil.rmtree(out_dir / "adapter", ignore_errors=True)
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    yield versioned(
+        context,
+        MaterializeResult(
+            metadata={
+                "policy": variant.policy,
+                "prompting": variant.prompting,
+                "variant": variant.name,
+                "variant_hash": variant.settings_hash(),
+                "adapter": MetadataValue.path(str(adapter)) if adapter else "none (base model)",
+                "trained": False,
+            }
+        ),
+        variant=variant.settings(),
+    )
+    yield AssetCheckResult(
+        check_name="rl_reward_improved",
+        passed=True,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "applies": f"no: variant {variant.name} trains no GRPO ({variant.policy} policy)"
+        },
     )

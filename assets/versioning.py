@@ -10,6 +10,8 @@ was materialized. Two gaps make that blind in practice, and this module closes t
   or to the method code under it, changes that stage's version and so marks it and what follows
   stale; a change to another stage's helpers does not. Library upgrades are not covered (pin
   them). dbt models keep dagster-dbt's own versions (a hash of the model's SQL).
+  A table of per-partition settings (the method variants of ``eagrl_pipeline/variants.py``) is
+  left out of the code version: each grid cell covers its own entry through its fingerprint.
 - **A data version covers the config.** Dagster's default data version hashes the code version
   and the inputs' versions, so an asset re-materialized with other launchpad config reports the
   same version and its children stay "fresh" against the old output. :func:`versioned` adds the
@@ -41,6 +43,8 @@ from dagster import (
     MetadataValue,
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from assets.partitions import parent_partition
 
 PROJECT_PACKAGES = ("eagrl_pipeline", "assets", "resources")
 CONFIG_FINGERPRINT = "config_fingerprint"
@@ -152,8 +156,31 @@ def source_version(fn: Callable[..., Any]) -> str:
     for node in sorted({id(top[n]): top[n] for n in reached}.values(), key=lambda n: n.lineno):
         digest.update(_segment(source, node).encode())
     for dependency in _module_closure(modules):
-        digest.update(f"\0{dependency}\0".encode() + _parsed(dependency)[0].encode())
+        digest.update(f"\0{dependency}\0".encode() + _module_source(dependency).encode())
     return digest.hexdigest()[:16]
+
+
+# Tables of per-partition settings: module -> top-level names left out of the code version.
+# Each grid cell records its own entry in its config fingerprint (``versioned(...,
+# variant=...)``), so editing one variant makes that variant's cells stale, not every cell.
+PARTITION_SETTINGS = {"eagrl_pipeline.variants": frozenset({"_VARIANTS"})}
+
+
+def _module_source(module: str) -> str:
+    """A module's source as its code version sees it (without its per-partition tables)."""
+    source, tree = _parsed(module)
+    tables = PARTITION_SETTINGS.get(module)
+    if not tables:
+        return source
+    kept = [node for name, node in _top_level(tree).items() if name not in tables]
+    body = [node for node in tree.body if node in kept or not _defines(node)]
+    return ast.unparse(ast.Module(body=body, type_ignores=[]))
+
+
+def _defines(node: ast.stmt) -> bool:
+    return isinstance(
+        node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Assign | ast.AnnAssign
+    )
 
 
 def with_source_versions(assets: Iterable[Any]) -> list[Any]:
@@ -201,11 +228,7 @@ def _input_versions(context: AssetExecutionContext) -> dict[str, str]:
     layer = context.job_def.asset_layer
     versions = {}
     for parent in sorted(layer.get(context.asset_key).parent_keys):
-        partition = (
-            context.partition_key
-            if context.has_partition_key and layer.get(parent).partitions_def is not None
-            else None
-        )
+        partition = parent_partition(context, layer.get(parent).partitions_def)
         record = context.instance.get_latest_data_version_record(parent, partition_key=partition)
         tags = record.asset_materialization.tags if record and record.asset_materialization else {}
         versions[parent.to_user_string()] = (tags or {}).get(DATA_VERSION_TAG, "")

@@ -102,23 +102,24 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "scaffold": SCAFFOLD,
     },
 }
-STAGES: tuple[tuple[str, bool], ...] = (  # (asset, partitioned)
-    ("raw_tjh", False),
-    ("base_language_model", False),
-    ("cohort_dataset", True),
-    ("expert_model", True),
-    ("expert_feature_ranking", True),
-    ("llm_prompts", True),
-    ("base_llm_predictions", True),
-    ("mcts_trajectories", True),
-    ("sft_checkpoint", True),
-    ("rl_checkpoint", True),
-    ("evaluation_report", True),
+CELL = f"{PARTITION}|eagrl"  # EAG-RL's cell of the experiment grid
+STAGES: tuple[tuple[str, str | None], ...] = (  # (asset, partition key)
+    ("raw_tjh", None),
+    ("base_language_model", None),
+    ("cohort_dataset", PARTITION),
+    ("expert_model", PARTITION),
+    ("expert_feature_ranking", PARTITION),
+    ("llm_prompts", PARTITION),
+    ("base_llm_predictions", PARTITION),
+    ("mcts_trajectories", PARTITION),
+    ("sft_checkpoint", PARTITION),
+    ("rl_checkpoint", CELL),
+    ("evaluation_report", CELL),
 )
 
 
 def _materialize(
-    asset: str, partitioned: bool, resources: dict, instance: Any
+    asset: str, partition: str | None, resources: dict, instance: Any
 ) -> tuple[float, list[str]]:
     """One asset (the warehouse with raw_tjh): its wall seconds and the checks that failed.
 
@@ -139,7 +140,7 @@ def _materialize(
     result = materialize(
         all_assets,
         selection=selection,
-        partition_key=PARTITION if partitioned else None,
+        partition_key=partition,
         resources=resources,
         instance=instance,
         run_config={"ops": {asset: {"config": config}}} if config else None,
@@ -175,14 +176,15 @@ def collect(
 ) -> dict[str, Any]:
     """The study's figures from the artifacts the assets wrote."""
     artifacts = home / "artifacts"
-    report = json.loads((artifacts / "evaluation_report" / PARTITION / "report.json").read_text())
-    rl = json.loads((artifacts / "rl_checkpoint" / PARTITION / "manifest.json").read_text())
+    cell = Path(*CELL.split("|"))
+    report = json.loads((artifacts / "evaluation_report" / cell / "report.json").read_text())
+    rl = json.loads((artifacts / "rl_checkpoint" / cell / "manifest.json").read_text())
     sft = json.loads((artifacts / "sft_checkpoint" / PARTITION / "manifest.json").read_text())
     base_val = pd.read_parquet(
         artifacts / "base_llm_predictions" / PARTITION / "predictions.parquet"
     )
     predictions = pd.read_parquet(
-        artifacts / "evaluation_report" / PARTITION / "llm_predictions.parquet"
+        artifacts / "evaluation_report" / cell / "llm_predictions.parquet"
     )
     models: dict[str, dict[str, Any]] = {}
     for name in MODELS:
@@ -387,10 +389,10 @@ def main() -> None:
         missing = [a for a in before if a not in seconds]
         if missing:
             sys.exit(f"[study] --start-at {args.start_at}: {missing} never finished in {home}")
-    for asset, partitioned in STAGES:
+    for asset, partition in STAGES:
         if asset in seconds:
             continue
-        seconds[asset], failed[asset] = _materialize(asset, partitioned, resources, instance)
+        seconds[asset], failed[asset] = _materialize(asset, partition, resources, instance)
         seconds_file.write_text(
             json.dumps({"seconds": seconds, "failed_checks": failed}, indent=2) + "\n"
         )

@@ -7,10 +7,11 @@ the synthetic TJH default:
 
 1. ``shared_inputs`` materializes raw + dbt warehouse + base language model (the first run's
    shared part; timed, not compared);
-2. **no-change pass**, as ``run_lineage.lineage_pass`` does it: the raw step (``_execute`` over the
-   raw assets), then the planner for the shared inputs, every partition and the cross-dataset
-   report (``stale_or_missing`` with the profile's planned fingerprints). Nothing is stale, so
-   this is the whole of a no-change `make run` pass apart from Python's start-up;
+2. **no-change pass**, as ``run_lineage.lineage_pass`` does it: the raw step (``execute`` over the
+   raw assets), then the planner for the shared inputs, every partition, its default grid cell
+   and the cross-dataset report (``stale_or_missing`` with the profile's planned fingerprints).
+   Nothing is stale, so this is the whole of a no-change `make run` pass apart from Python's
+   start-up;
 3. **baseline**: the same raw step with the reuse switched off (every input read, hashed and
    snapshotted again: the behaviour before), run twice, the median kept.
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     record = run_lineage.Pass(profile)
 
     def shared_inputs(keys: list, label: str) -> bool:
-        return run_lineage._execute(
+        return run_lineage.execute(
             instance, defs, EAGRL_HOME, "shared_inputs", keys, None, label, record
         )
 
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             # The partitions were never materialized here: every asset is "missing"; the
             # planner's work is the same as for a materialized one (one status per asset).
             stale_or_missing(instance, defs, keys, partition, cohort_relevance, planned)
+            cell = str(run_lineage.cell_key(partition, run_lineage.DEFAULT_VARIANT))
+            grid = job_asset_keys(defs, "experiment_grid")
+            stale_or_missing(instance, defs, grid, cell, cohort_relevance, planned)
         stale_or_missing(
             instance, defs, job_asset_keys(defs, "cross_dataset_report"), planned=planned
         )

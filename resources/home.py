@@ -23,9 +23,15 @@ class EagrlHome(ConfigurableResource):
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
+    def artifact_path(self, asset: str, partition: str | None = None) -> Path:
+        """``artifacts/<asset>/<partition>/`` (not created): one folder per asset and partition;
+        a grid cell ``tjh-mortality|eagrl`` is ``<asset>/tjh-mortality/eagrl/``, so the variants
+        of a dataset-task sit side by side."""
+        return self.artifacts / asset / Path(*str(partition or "_").split("|"))
+
     def artifact_dir(self, asset: str, partition: str | None = None) -> Path:
-        """``artifacts/<asset>/<partition>/``: one folder per asset (and partition)."""
-        folder = self.artifacts / asset / (partition or "_")
+        """:meth:`artifact_path`, created."""
+        folder = self.artifact_path(asset, partition)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

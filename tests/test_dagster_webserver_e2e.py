@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from assets.partitions import COHORTS
+from eagrl_pipeline.variants import VARIANTS
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +62,34 @@ mutation Launch($executionParams: ExecutionParams!) {
     ... on LaunchRunSuccess { run { runId status } }
     ... on RunConfigValidationInvalid { errors { message } }
     ... on Error { message }
+  }
+}
+"""
+
+GRID_QUERY = """
+query Grid {
+  assetNodes(assetKeys: [{path: ["rl_checkpoint"]}, {path: ["evaluation_report"]}]) {
+    assetKey { path }
+    partitionKeysByDimension { name partitionKeys }
+  }
+}
+"""
+
+BACKFILL_MUTATION = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId launchedRunIds }
+    ... on Error { message }
+  }
+}
+"""
+
+RUN_TAGS_QUERY = """
+query RunTags($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { tags { key value } }
   }
 }
 """
@@ -172,9 +203,13 @@ def test_dagster_dev_serves_the_graph_and_runs_a_cheap_selection(tmp_path: Path)
             return data if data["__typename"] == "Repository" else None
 
         repo = _wait("the code location to load", 120, repository, log)
-        assert {"full_lineage", "retrain", "partition_lineage", "shared_inputs"} <= {
-            j["name"] for j in repo["jobs"]
-        }
+        assert {
+            "full_lineage",
+            "retrain",
+            "partition_lineage",
+            "shared_inputs",
+            "experiment_grid",
+        } <= {j["name"] for j in repo["jobs"]}
         schedules = {s["name"]: s for s in repo["schedules"]}
         assert schedules["weekly_retrain"]["cronSchedule"] == "0 3 * * 0"
         assert schedules["weekly_retrain"]["executionTimezone"] == "UTC"
@@ -183,6 +218,7 @@ def test_dagster_dev_serves_the_graph_and_runs_a_cheap_selection(tmp_path: Path)
         assert sensors == {
             "raw_input_changed": "STOPPED",
             "full_lineage_fan_out": "RUNNING",
+            "default_cell_after_partition": "RUNNING",
             "cross_dataset_after_partitions": "RUNNING",
         }
 
@@ -196,6 +232,12 @@ def test_dagster_dev_serves_the_graph_and_runs_a_cheap_selection(tmp_path: Path)
             for check in n["assetChecksOrError"]["checks"]
         }
         assert "cohort_quality" in checks
+
+        # The grid's two dimensions, as the UI shows them on the cell assets.
+        for node in _graphql(base, GRID_QUERY)["assetNodes"]:
+            dimensions = {d["name"]: d["partitionKeys"] for d in node["partitionKeysByDimension"]}
+            assert dimensions["dataset_task"] == list(COHORTS), node
+            assert dimensions["variant"] == list(VARIANTS), node
 
         launched = _graphql(
             base,
@@ -221,6 +263,34 @@ def test_dagster_dev_serves_the_graph_and_runs_a_cheap_selection(tmp_path: Path)
 
         assert _wait(f"run {run_id}", 180, finished, log) == "SUCCESS"
         assert list((tmp_path / "eagrl_home").rglob("raw_tjh/**/lab_reports.parquet"))
+
+        # A backfill of a sub-grid (two variants of tjh-mortality): one run per cell (after the
+        # cheap run, so they do not compete for the CPU; their outcome is not the point here).
+        cells = ["tjh-mortality|vanilla", "tjh-mortality|decomposition"]
+        backfill = _graphql(
+            base,
+            BACKFILL_MUTATION,
+            {
+                "params": {
+                    "selector": {
+                        "partitionSetName": "experiment_grid_partition_set",
+                        "repositorySelector": selector,
+                    },
+                    "partitionNames": cells,
+                    "forceSynchronousSubmission": True,
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+        assert len(backfill["launchedRunIds"]) == len(cells)
+        launched_cells = []
+        for run_id in backfill["launchedRunIds"]:
+            tags = _graphql(base, RUN_TAGS_QUERY, {"runId": run_id})["runOrError"]["tags"]
+            tags = {t["key"]: t["value"] for t in tags}
+            assert tags["dagster/backfill"] == backfill["backfillId"]
+            launched_cells.append(tags["dagster/partition"])
+        assert sorted(launched_cells) == sorted(cells)
+
     finally:
         _stop_group(process)
     assert process.poll() is not None

@@ -25,6 +25,7 @@ from eagrl_pipeline.evaluation.report import EXPERT_PERMUTATION_NOTE
 from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
 
 PARTITION = "mimic_iv-mortality"  # the partition the experts_run fixture trains experts on
+CELL = f"{PARTITION}|eagrl"  # its default variant's grid cell
 OTHER = "tjh-mortality"
 SEED_DICTIONARY = Path(__file__).resolve().parents[1] / "dbt_project/seeds/feature_dictionary.csv"
 LLM_CONFIG = {
@@ -78,10 +79,10 @@ def _prepare_partition(setup: dict, partition: str, seed: int) -> None:
     )
     assert result.success
     artifacts = setup["home"] / "artifacts"
-    for offset, asset_name in enumerate(("sft_checkpoint", "rl_checkpoint")):
-        _write_adapter(
-            setup["model_dir"], artifacts / asset_name / partition / "adapter", seed + offset
-        )
+    for offset, folder in enumerate(("sft_checkpoint", "rl_checkpoint/eagrl")):
+        asset_name, _, variant = folder.partition("/")
+        target = artifacts / asset_name / partition / variant / "adapter"
+        _write_adapter(setup["model_dir"], target, seed + offset)
 
 
 @pytest.fixture(scope="module")
@@ -101,27 +102,34 @@ def evaluation_setup(experts_run, tmp_path_factory):
     return setup
 
 
-@pytest.fixture(scope="module")
-def evaluation_run(evaluation_setup):
-    result = materialize(
+def _evaluate_cell(setup: dict, cell: str, config: dict):
+    return materialize(
         _evaluation_assets(),
         selection=AssetSelection.assets("evaluation_report"),
-        partition_key=PARTITION,
-        resources=evaluation_setup["resources"],
-        instance=evaluation_setup["instance"],
-        run_config={
-            "ops": {
-                "evaluation_report": {
-                    "config": {
-                        **LLM_CONFIG,
-                        "prompting_baselines": ["vanilla", "think_answer"],
-                        "scaffold": {"reasoning_tokens": 24},
-                    }
-                }
-            }
-        },
+        partition_key=cell,
+        resources=setup["resources"],
+        instance=setup["instance"],
+        run_config={"ops": {"evaluation_report": {"config": config}}},
     )
-    return result, evaluation_setup["home"] / "artifacts" / "evaluation_report" / PARTITION
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(evaluation_setup):
+    result = _evaluate_cell(evaluation_setup, CELL, LLM_CONFIG)
+    return result, evaluation_setup[
+        "home"
+    ] / "artifacts" / "evaluation_report" / PARTITION / "eagrl"
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(evaluation_setup):
+    """The prompting baselines' cells: the base model asked another way about the same
+    patients (no start policies: a prompting variant starts from nothing)."""
+    config = {**LLM_CONFIG, "permutation_levels": [1.0], "scaffold": {"reasoning_tokens": 24}}
+    return {
+        variant: _evaluate_cell(evaluation_setup, f"{PARTITION}|{variant}", config)
+        for variant in ("vanilla", "think_answer")
+    }
 
 
 @pytest.mark.slow
@@ -129,14 +137,15 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
     result, out = evaluation_run
     assert result.success
     report = json.loads((out / "report.json").read_text())
-    baselines = {"base_vanilla", "base_think_answer"}
-    assert set(report["models"]) == {"base", "sft", "rl", "expert", "expert_all_test", *baselines}
+    # the eagrl cell: its policy (rl) and the policies it starts from (base, sft)
+    assert set(report["models"]) == {"base", "sft", "rl", "expert", "expert_all_test"}
+    assert report["variant"]["name"] == "eagrl" and report["variant"]["row"] == "rl"
     models = report["models"]
     arrays = CohortArrays.load(
         evaluation_setup["home"] / "artifacts" / "cohort_dataset" / PARTITION / "arrays.npz"
     )
     n_test = int((arrays.split == "test").sum())
-    for name in ("base", "sft", "rl", "expert", *baselines):
+    for name in ("base", "sft", "rl", "expert"):
         assert models[name]["n_patients"] == 12
         assert models[name]["auroc"] is not None and models[name]["brier"] is not None
         assert models[name]["auroc"]["n_resamples"] <= 50
@@ -154,21 +163,13 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
         assert [row["level"] for row in entry["levels"]] == robust["levels"]
         assert all(row["auroc"] is not None for row in entry["levels"])
         assert entry["kind"] == ("expert" if name.startswith("expert") else "llm")
-    assert set(report["relative_improvement"]) == {"sft", "rl", *baselines}
+    assert set(report["relative_improvement"]) == {"sft", "rl"}
     assert report["headline"]["model"] == "rl" and report["headline"]["base_model"] == "base"
     assert EXPERT_PERMUTATION_NOTE in report["notes"]
     assert any("guided decoding on" in note for note in report["notes"])
     assert any(f"all {n_test}" in note for note in report["notes"])
 
-    # The prompting baselines: the same patients asked another way, answered in their shape.
-    answers = pd.read_parquet(out / "llm_predictions.parquet")
-    plain = answers[(answers["level"] == 0) & (answers["model"] == "base")]
-    for name, opening in (("base_vanilla", "<Final answer>"), ("base_think_answer", "<Reasoning>")):
-        rows = answers[(answers["level"] == 0) & (answers["model"] == name)]
-        assert sorted(rows["patient_id"]) == sorted(plain["patient_id"])
-        assert rows["completion"].str.startswith(opening).all(), rows["completion"].iloc[0]
-        assert rows["probability"].notna().all()
-    assert any("Prompting baselines" in note for note in report["notes"])
+    assert any("Variant `eagrl`" in note for note in report["notes"])
 
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # ROC/PR, calibration, robustness
@@ -185,8 +186,10 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{evaluation_setup['home'] / 'mlflow' / 'mlflow.db'}"
-    run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
-    assert run.data.tags["dagster.partition"] == PARTITION
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(meta["mlflow_run_id"].value)
+    assert run.data.tags["dagster.partition"] == CELL and run.data.tags["eagrl.variant"] == "eagrl"
+    assert client.get_experiment(run.info.experiment_id).name == f"evaluation/{PARTITION}"
     assert "rl.auroc_mean" in run.data.metrics and "expert.auroc_perm100" in run.data.metrics
     logged = {
         Path(a.path).name for a in MlflowClient(uri).list_artifacts(run.info.run_id, "report")
@@ -198,8 +201,8 @@ def test_evaluation_report_covers_every_model_and_level(evaluation_run, evaluati
 def test_adapters_change_the_answers(evaluation_run):
     _, out = evaluation_run
     answers = pd.read_parquet(out / "llm_predictions.parquet")
-    # base, sft, rl and the two prompting baselines, at every level
-    assert len(answers) == 5 * (1 + len(PERMUTATION_LEVELS)) * 12
+    # base, sft and rl, at every level
+    assert len(answers) == 3 * (1 + len(PERMUTATION_LEVELS)) * 12
     unperturbed = answers[answers["level"] == 0.0].set_index(["model", "patient_id"])
     base = unperturbed.loc["base", "completion"]
     assert (unperturbed.loc["sft", "completion"] != base).any()
@@ -207,6 +210,32 @@ def test_adapters_change_the_answers(evaluation_run):
     experts = pd.read_parquet(out / "expert_predictions.parquet")
     assert set(experts["model"]) == {"expert", "expert_all_test"}
     assert set(experts["level"]) == {0.0, *PERMUTATION_LEVELS}
+
+
+@pytest.mark.slow
+def test_prompting_baseline_cells_ask_the_same_patients_another_way(
+    baseline_runs, evaluation_run, evaluation_setup
+):
+    _, eagrl_out = evaluation_run
+    plain = pd.read_parquet(eagrl_out / "llm_predictions.parquet")
+    plain = plain[(plain["level"] == 0) & (plain["model"] == "base")]
+    for variant, opening in (("vanilla", "<Final answer>"), ("think_answer", "<Reasoning>")):
+        assert baseline_runs[variant].success
+        out = evaluation_setup["home"] / "artifacts" / "evaluation_report" / PARTITION / variant
+        report = json.loads((out / "report.json").read_text())
+        row = f"base_{variant}"
+        assert set(report["models"]) == {row, "expert", "expert_all_test"}
+        assert report["variant"] == {
+            "name": variant,
+            "row": row,
+            "settings_hash": report["variant"]["settings_hash"],
+        }
+        answers = pd.read_parquet(out / "llm_predictions.parquet")
+        rows = answers[(answers["level"] == 0) & (answers["model"] == row)]
+        assert sorted(rows["patient_id"]) == sorted(plain["patient_id"])
+        assert rows["completion"].str.startswith(opening).all(), rows["completion"].iloc[0]
+        assert rows["probability"].notna().all()
+        assert any("Prompting baseline" in note for note in report["notes"])
 
 
 @pytest.mark.slow
@@ -219,15 +248,15 @@ def test_missing_adapter_fails_naming_path_and_asset(evaluation_setup, tmp_path)
     result = materialize(
         _evaluation_assets(),
         selection=AssetSelection.assets("evaluation_report"),
-        partition_key=PARTITION,
+        partition_key=CELL,
         resources=resources,
         raise_on_error=False,
     )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.cause.message
-    missing = tmp_path / "artifacts" / "rl_checkpoint" / PARTITION / "adapter"
-    assert str(missing) in message and f"materialize rl_checkpoint[{PARTITION}]" in message
+    missing = tmp_path / "artifacts" / "rl_checkpoint" / PARTITION / "eagrl" / "adapter"
+    assert str(missing) in message and f"materialize rl_checkpoint[{CELL}]" in message
     assert "sft_checkpoint" not in message
 
 
@@ -303,10 +332,12 @@ def test_generalization_report_both_directions(generalization_run):
 
 @pytest.mark.slow
 def test_comparison_report_lines_up_what_was_evaluated(
-    evaluation_run, generalization_run, evaluation_setup
+    evaluation_run, baseline_runs, generalization_run, evaluation_setup
 ):
-    """After one partition's evaluation (and the cross-dataset report): its column is filled,
-    with the runs it came from; the partitions never evaluated say "not materialized"."""
+    """After one partition's cells (eagrl and the two prompting baselines) and the
+    cross-dataset report: its column is filled, each row with the cell and runs it was read
+    from (decomposition and sft_only from the eagrl cell, which scored them as its start
+    policies); what was never evaluated says "not materialized"."""
     from assets.partitions import COHORTS
 
     evaluation, _ = evaluation_run
@@ -320,29 +351,42 @@ def test_comparison_report_lines_up_what_was_evaluated(
     assert result.success
     out = evaluation_setup["home"] / "artifacts" / "comparison_report" / "_"
     comparison = json.loads((out / "report.json").read_text())
-    assert comparison["columns"] == list(COHORTS) and comparison["reference"] == "rl"
-    for method in ("base", "sft", "rl", "expert"):
+    assert comparison["columns"] == list(COHORTS) and comparison["reference"] == "eagrl"
+    rows = ["vanilla", "think_answer", "decomposition", "sft_only", "eagrl", "expert"]
+    assert comparison["methods"] == rows  # the registry's order; the expert last
+    for method in rows:
         assert comparison["cells"][method][PARTITION]["status"] == "ok"
-    versus = comparison["cells"]["base"][PARTITION]["vs_reference"]
+    versus = comparison["cells"]["decomposition"][PARTITION]["vs_reference"]
     assert versus["n_patients"] == 12 and versus["auroc"]["n_resamples"] <= 50
     never = [c for c in COHORTS if not (out.parent.parent / "evaluation_report" / c).exists()]
     assert never  # the fixture evaluates one partition only
     for column in never:
-        assert comparison["cells"]["rl"][column]["status"] == "not materialized"
+        assert comparison["cells"]["eagrl"][column]["status"] == "not materialized"
     evaluated = evaluation.asset_materializations_for_node("evaluation_report")[0].metadata
-    assert comparison["provenance"][PARTITION]["mlflow_run_id"] == evaluated["mlflow_run_id"].value
-    assert comparison["provenance"][PARTITION]["dagster_run_id"] == evaluation.run_id
+    provenance = comparison["provenance"][PARTITION]
+    for row in ("eagrl", "decomposition", "sft_only"):
+        assert provenance[row]["cell"] == CELL
+        assert provenance[row]["mlflow_run_id"] == evaluated["mlflow_run_id"].value
+        assert provenance[row]["dagster_run_id"] == evaluation.run_id
+    assert provenance["vanilla"]["cell"] == f"{PARTITION}|vanilla"
+    assert provenance["vanilla"]["dagster_run_id"] == baseline_runs["vanilla"].run_id
     assert set(comparison["generalization"]) == {"base", "sft", "rl"}
     markdown = (out / "report.md").read_text()
     assert "not materialized" in markdown and "Generalization" in markdown
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
-    # rows: every model the report scored, the prompting baselines after the base model
-    assert comparison["methods"] == [
-        "base", "base_think_answer", "base_vanilla", "sft", "rl", "expert",
-    ]  # fmt: skip
-    assert meta["cells_materialized"].value == 6 * (len(COHORTS) - len(never))
+    assert meta["cells_materialized"].value == len(rows) * (len(COHORTS) - len(never))
     assert meta["mlflow_run_id"].value
+    # Case studies: both labels and the largest disagreements, every LLM method per patient.
+    cases = json.loads((out / "case_studies.json").read_text())
+    assert meta["case_study_patients"].value == len(cases) == 4  # 1 per label + 2 disagreements
+    assert {c["dataset_task"] for c in cases} == {PARTITION}
+    assert {c["label"] for c in cases} == {0, 1}
+    for case in cases:
+        assert [a["method"] for a in case["answers"]] == rows[:-1]  # in the table's order
+        assert case["shown"] and case["expert_probability"] is not None
+    page = (out / "case_studies.html").read_text()
+    assert page.count("<h2>") == 4 and "<script" not in page
 
 
 def test_shared_features_match_by_name_both_ways():
@@ -402,11 +446,11 @@ def test_prompt_set_permutation_is_per_patient_and_keeps_other_lines():
     assert prompts.permuted(1.0, seed=42) == moved  # seeded
 
 
-def test_prompting_baselines_are_checked_when_configured():
-    from assets.evaluation import EvaluationConfig
+def test_a_think_baseline_needs_room_for_its_reasoning_and_answer():
+    from assets.evaluation import EvaluationConfig, _row_generation
 
-    assert EvaluationConfig(prompting_baselines=["vanilla", "think_answer"]).prompting_baselines
-    with pytest.raises(ValueError, match="distinct names from"):
-        EvaluationConfig(prompting_baselines=["few_shot"])
-    with pytest.raises(ValueError, match="raise max_new_tokens to at least 66"):
-        EvaluationConfig(prompting_baselines=["think_answer"], max_new_tokens=40)
+    assert _row_generation(EvaluationConfig(), "base") is None  # the report's own settings
+    assert _row_generation(EvaluationConfig(), "base_think_answer").plan == "think"
+    assert _row_generation(EvaluationConfig(max_new_tokens=40), "base_vanilla").plan == "direct"
+    with pytest.raises(ValueError, match="max_new_tokens to at least 66"):
+        _row_generation(EvaluationConfig(max_new_tokens=40), "base_think_answer")

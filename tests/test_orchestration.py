@@ -22,6 +22,7 @@ from dagster import (
 import orchestration
 from assets.partitions import COHORTS
 from eagrl_pipeline.data.mimic_iv import TABLES, required_tables
+from eagrl_pipeline.variants import VARIANTS
 
 PRODUCTION = {"EAGRL_DEPLOYMENT": "production"}
 
@@ -55,12 +56,18 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
             "base_llm_predictions",
             "mcts_trajectories",
             "sft_checkpoint",
-            "rl_checkpoint",
-            "evaluation_report",
         )
     }
-    assert {"cross_dataset_report"} <= jobs
+    assert {"cross_dataset_report", "experiment_grid"} <= jobs
     assert repo.get_job("cross_dataset_report").partitions_def is None
+    grid = repo.get_job("experiment_grid")
+    assert grid.asset_layer.executable_asset_keys == {
+        AssetKey("rl_checkpoint"),
+        AssetKey("evaluation_report"),
+    }
+    cells = grid.partitions_def.get_partition_keys()
+    assert len(cells) == len(COHORTS) * len(VARIANTS)
+    assert "tjh-mortality|eagrl" in cells and "mimic_iv-readmission|vanilla" in cells
 
     (schedule,) = repo.schedule_defs
     assert schedule.name == "weekly_retrain" and schedule.job_name == "retrain"
@@ -70,9 +77,11 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
     assert set(sensors) == {
         "raw_input_changed",
         "full_lineage_fan_out",
+        "default_cell_after_partition",
         "cross_dataset_after_partitions",
     }
     assert sensors["cross_dataset_after_partitions"].job_name == "cross_dataset_report"
+    assert sensors["default_cell_after_partition"].job_name == "experiment_grid"
     assert sensors["raw_input_changed"].minimum_interval_seconds == 60
     assert sensors["raw_input_changed"].job_name == "full_lineage"
     assert sensors["full_lineage_fan_out"].job_name == "partition_lineage"
@@ -221,25 +230,62 @@ def test_fan_out_requests_each_partition_once_for_a_successful_upstream_run(defs
         assert [r.run_key for r in sensor(context)] == [r.run_key for r in requests]
 
 
+def _after_run(sensor, instance, partition: str):
+    """The run-status sensor's answer to a successful stand-in run of ``partition``."""
+    result = _stand_in.execute_in_process(instance=instance, tags={"dagster/partition": partition})
+    context = build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    )
+    return sensor(context), result.dagster_run.run_id
+
+
+def test_default_cell_follows_each_partition_run(defs):
+    """A partition's shared stages done, its default variant's grid cell runs, once per run."""
+    from dagster import SkipReason
+
+    from orchestration import default_cell_requests
+
+    (request,) = default_cell_requests("tjh-mortality", "r1")
+    assert (
+        request.partition_key == "tjh-mortality|eagrl"
+        and request.run_key == "r1:tjh-mortality|eagrl"
+    )
+    assert isinstance(default_cell_requests(None, "r2"), SkipReason)
+    sensor = defs.get_repository_def().get_sensor_def("default_cell_after_partition")
+    with DagsterInstance.ephemeral() as instance:
+        request, run_id = _after_run(sensor, instance, "mimic_iv-readmission")
+        assert request.partition_key == "mimic_iv-readmission|eagrl"
+        assert request.run_key == f"{run_id}:mimic_iv-readmission|eagrl"
+
+
 def test_cross_dataset_report_waits_for_both_mortality_reports():
-    """The generalization report needs both mortality partitions; the comparison follows every
-    partition's evaluation (alone until the pair is complete)."""
+    """The generalization report needs the default variant's cells of both mortality
+    partitions; the comparison follows every cell's evaluation (alone until the pair is
+    complete)."""
     from dagster import AssetKey, SkipReason
 
     from orchestration import cross_dataset_requests
 
-    (readmission,) = cross_dataset_requests("mimic_iv-readmission", set(COHORTS), "r1")
+    every = {f"{c}|eagrl" for c in COHORTS}
+    (readmission,) = cross_dataset_requests("mimic_iv-readmission|eagrl", every, "r1")
     assert readmission.run_key == "r1:comparison"
     assert readmission.asset_selection == [AssetKey("comparison_report")]
     assert "does not feed" in readmission.tags["eagrl/why_comparison_only"]
-    (waiting,) = cross_dataset_requests("tjh-mortality", {"tjh-mortality"}, "r2")
+    (waiting,) = cross_dataset_requests("tjh-mortality|eagrl", {"tjh-mortality|eagrl"}, "r2")
     assert waiting.asset_selection == [AssetKey("comparison_report")]
-    assert "mimic_iv-mortality" in waiting.tags["eagrl/why_comparison_only"]
-    both = {"tjh-mortality", "mimic_iv-mortality"}
-    (request,) = cross_dataset_requests("tjh-mortality", both, "r3")
+    assert "mimic_iv-mortality|eagrl" in waiting.tags["eagrl/why_comparison_only"]
+    both = {"tjh-mortality|eagrl", "mimic_iv-mortality|eagrl"}
+    (request,) = cross_dataset_requests("tjh-mortality|eagrl", both, "r3")
     assert request.run_key == "r3:cross_dataset" and request.asset_selection is None
     assert request.tags["eagrl/upstream_run_id"] == "r3"
+    # another variant's cell refreshes the comparison only
+    (other,) = cross_dataset_requests("tjh-mortality|sft_only", both, "r5")
+    assert other.asset_selection == [AssetKey("comparison_report")]
     assert isinstance(cross_dataset_requests(None, both, "r4"), SkipReason)
+    assert isinstance(cross_dataset_requests("tjh-mortality", both, "r4"), SkipReason)
 
 
 def test_cross_dataset_sensor_reads_the_instance(defs):
@@ -249,24 +295,15 @@ def test_cross_dataset_sensor_reads_the_instance(defs):
     with DagsterInstance.ephemeral() as instance:
 
         def evaluate():
-            result = _stand_in.execute_in_process(
-                instance=instance, tags={"dagster/partition": "tjh-mortality"}
-            )
-            context = build_run_status_sensor_context(
-                sensor_name=sensor.name,
-                dagster_event=result.get_run_success_event(),
-                dagster_instance=instance,
-                dagster_run=result.dagster_run,
-            )
-            return sensor(context), result.dagster_run.run_id
+            return _after_run(sensor, instance, "tjh-mortality|eagrl")
 
         instance.report_runless_asset_event(
-            AssetMaterialization("evaluation_report", partition="tjh-mortality")
+            AssetMaterialization("evaluation_report", partition="tjh-mortality|eagrl")
         )
         alone, run_id = evaluate()
         assert alone.run_key == f"{run_id}:comparison"  # the pair is not complete yet
         instance.report_runless_asset_event(
-            AssetMaterialization("evaluation_report", partition="mimic_iv-mortality")
+            AssetMaterialization("evaluation_report", partition="mimic_iv-mortality|eagrl")
         )
         request, run_id = evaluate()
         assert request.run_key == f"{run_id}:cross_dataset"

@@ -203,7 +203,10 @@ def test_make_runs_own_pass_plans_exactly_what_changed(materialized):
         }
 
     before = plan(EXPERTS_RUN_CONFIG)
-    assert set(before) == {"shared", *run_lineage.COHORTS, "cross-dataset"}
+    cells = {f"{p}|eagrl" for p in run_lineage.COHORTS}  # each partition's default grid cell
+    assert set(before) == {"shared", *run_lineage.COHORTS, *cells, "cross-dataset"}
+    for cell in cells:
+        assert before[cell] == {"evaluation_report": "missing", "rl_checkpoint": "missing"}
     assert before["shared"] == {}  # raw, warehouse and model as the fixture materialized them
     partition_assets = {k.to_user_string() for k in job_asset_keys(defs, "partition_lineage")}
     done = {"cohort_dataset", "expert_model", "expert_feature_ranking"}

@@ -30,7 +30,7 @@ def test_profile_is_valid_config_for_every_job_it_configures(name):
     profile = load_profile(name)
     configured = set(profile.get("ops") or {})
     covered: set[str] = set()
-    for job in ("shared_inputs", "partition_lineage", "cross_dataset_report"):
+    for job in ("shared_inputs", "partition_lineage", "experiment_grid", "cross_dataset_report"):
         keys = job_asset_keys(defs, job)
         config = run_config_for(profile, keys)
         result = validate_run_config(defs.resolve_job_def(job), config)
@@ -114,7 +114,7 @@ def test_make_run_console_shows_one_line_per_step_and_the_file_keeps_every_event
         "import run_lineage as r\n"
         "record = r.Pass(r.load_profile('cpu'))\n"
         "instance = DagsterInstance.ephemeral()\n"
-        "ok = r._execute(instance, r.defs, r.EAGRL_HOME, 'shared_inputs', r.RAW, None, 'raw', "
+        "ok = r.execute(instance, r.defs, r.EAGRL_HOME, 'shared_inputs', r.RAW, None, 'raw', "
         "record)\n"
         "assert ok, record.failed\n"
     )
@@ -156,7 +156,9 @@ def test_make_plan_says_what_would_run_and_runs_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     plan = [line for line in done.stdout.splitlines() if line.startswith("[plan]")]
-    assert any("tjh-mortality: missing:" in line and "rl_checkpoint" in line for line in plan)
+    assert any("tjh-mortality: missing:" in line and "sft_checkpoint" in line for line in plan)
+    # the default variant's grid cell, planned after its dataset-task's shared stages
+    assert any("tjh-mortality|eagrl: missing:" in line and "rl_checkpoint" in line for line in plan)
     cross = [line for line in plan if line.startswith("[plan] cross-dataset: missing:")]
     assert len(cross) == 1 and "generalization_report" in cross[0]
     assert "comparison_report" in cross[0]

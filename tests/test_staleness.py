@@ -35,8 +35,13 @@ def test_nothing_is_stale_after_a_run_and_a_new_fingerprint_propagates(lineage_h
         assert AssetKey("cohort_mimic_iv_mortality") not in stale  # MIMIC-IV did not change
         assert "cohort_tjh_mortality" in stale[cohort]
         downstream = [AssetKey("expert_model"), AssetKey("rl_checkpoint")]
+        # a grid cell's plan covers its dataset-task's shared stages and the cell's own assets
         assert set(downstream) <= set(
-            stale_or_missing(instance, defs, downstream, "tjh-mortality", cohort_relevance)
+            stale_or_missing(instance, defs, downstream, "tjh-mortality|eagrl", cohort_relevance)
+        )
+        # a dataset-task's plan leaves the cells to their own plans
+        assert AssetKey("rl_checkpoint") not in stale_or_missing(
+            instance, defs, downstream, "tjh-mortality", cohort_relevance
         )
         # A MIMIC-IV partition reads only its own mart: the TJH change leaves it alone.
         mimic = stale_or_missing(instance, defs, [cohort], "mimic_iv-mortality", cohort_relevance)
@@ -48,4 +53,8 @@ def test_nothing_is_stale_after_a_run_and_a_new_fingerprint_propagates(lineage_h
         )
     assert stale_or_missing(instance, defs, [cohort, *marts], "tjh-mortality") == {}
     keys = job_asset_keys(defs, "partition_lineage")
-    assert cohort in keys and AssetKey("rl_checkpoint") in keys and raw not in keys
+    assert cohort in keys and AssetKey("sft_checkpoint") in keys and raw not in keys
+    assert job_asset_keys(defs, "experiment_grid") == [
+        AssetKey("evaluation_report"),
+        AssetKey("rl_checkpoint"),
+    ]

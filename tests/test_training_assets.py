@@ -17,6 +17,7 @@ from assets.gates import REPORT_TAG
 pytestmark = pytest.mark.slow
 
 PARTITION = "mimic_iv-mortality"  # the partition the experts_run fixture ranks
+CELL = f"{PARTITION}|eagrl"  # its default variant's grid cell
 # These tests train on hand-written trajectories that replace mcts_trajectories' output; that
 # asset's latest materialization in the session's instance (a tiny random model, in
 # test_reasoning_assets) failed its gates, which would now stop SFT (assets/gates.py). The runs
@@ -86,34 +87,35 @@ def training_run(experts_run, tmp_path_factory):
     out = home / "artifacts" / "mcts_trajectories" / PARTITION
     out.mkdir(parents=True, exist_ok=True)
     (out / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    result = materialize(
-        all_assets,
-        selection=AssetSelection.assets("sft_checkpoint", "rl_checkpoint"),
-        partition_key=PARTITION,
-        resources=resources,
-        instance=lineage["instance"],
-        tags=PAST_FAILED_GATES,
-        run_config={
-            "ops": {
-                "sft_checkpoint": {
-                    "config": {
-                        "max_steps": 40,
-                        "learning_rate": 2e-2,
-                        "max_length": 4096,
-                        "parse_sample": 2,
-                        "parse_max_new_tokens": 16,
-                    }
-                },
-                "rl_checkpoint": {"config": RL_SMOKE},
-            }
-        },
-        raise_on_error=False,
-    )
-    return result, home, resources, lineage
+    sft_config = {
+        "max_steps": 40,
+        "learning_rate": 2e-2,
+        "max_length": 4096,
+        "parse_sample": 2,
+        "parse_max_new_tokens": 16,
+    }
+    results = {
+        asset_name: materialize(
+            all_assets,
+            selection=AssetSelection.assets(asset_name),
+            partition_key=partition,
+            resources=resources,
+            instance=lineage["instance"],
+            tags=PAST_FAILED_GATES,
+            run_config={"ops": {asset_name: {"config": config}}},
+            raise_on_error=False,
+        )
+        for asset_name, partition, config in (
+            ("sft_checkpoint", PARTITION, sft_config),
+            ("rl_checkpoint", CELL, RL_SMOKE),
+        )
+    }
+    return results, home, resources, lineage
 
 
 def test_sft_checkpoint_writes_adapter_and_logs_mlflow(training_run):
-    result, home, resources, _ = training_run
+    results, home, resources, _ = training_run
+    result = results["sft_checkpoint"]
     assert result.success
     meta = result.asset_materializations_for_node("sft_checkpoint")[0].metadata
     adapter = home / "artifacts" / "sft_checkpoint" / PARTITION / "adapter"
@@ -129,11 +131,19 @@ def test_sft_checkpoint_writes_adapter_and_logs_mlflow(training_run):
 
 
 def test_rl_checkpoint_trains_from_the_sft_adapter(training_run):
-    result, home, resources, _ = training_run
+    from eagrl_pipeline.variants import VARIANTS
+
+    results, home, resources, _ = training_run
+    result = results["rl_checkpoint"]
+    assert result.success
     meta = result.asset_materializations_for_node("rl_checkpoint")[0].metadata
-    out = home / "artifacts" / "rl_checkpoint" / PARTITION
+    out = home / "artifacts" / "rl_checkpoint" / PARTITION / "eagrl"  # the cell's own folder
     assert (out / "adapter" / "adapter_config.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variant"] == "eagrl" and manifest["policy"] == "grpo"
+    assert (
+        manifest["variant_hash"] == VARIANTS["eagrl"].settings_hash() == meta["variant_hash"].value
+    )
     assert manifest["global_step"] == 2 and manifest["mlflow_run_id"] == meta["mlflow_run_id"].value
     # Defaults: groups of 4, 8 completions per step, so 2 prompts (groups) per generation; with
     # num_iterations=2 the 2 steps share one generation batch.
@@ -148,7 +158,13 @@ def test_rl_checkpoint_trains_from_the_sft_adapter(training_run):
     for policy in ("sft", "rl"):
         for part in ("r_cls", "r_att", "r_format"):
             assert f"val_{part}_{policy}" in manifest
-    run = resources["mlflow_tracking"].client().get_run(meta["mlflow_run_id"].value)
+    client = resources["mlflow_tracking"].client()
+    run = client.get_run(meta["mlflow_run_id"].value)
+    # One experiment per stage and dataset-task; the variant is a tag of the run.
+    assert client.get_experiment(run.info.experiment_id).name == f"grpo/{PARTITION}"
+    assert run.data.tags["eagrl.variant"] == "eagrl"
+    assert run.data.tags["eagrl.variant_hash"] == manifest["variant_hash"]
+    assert run.data.tags["dagster.partition"] == CELL
     assert "val_reward_rl" in run.data.metrics and "val_reward_sft" in run.data.metrics
     assert "val_reward_gain_lo" in run.data.metrics
     assert any(key.startswith("rewards/r_cls") for key in run.data.metrics)
@@ -206,7 +222,7 @@ def test_indivisible_grpo_batch_is_refused_before_training(training_run):
         materialize(
             all_assets,
             selection=AssetSelection.assets("rl_checkpoint"),
-            partition_key=PARTITION,
+            partition_key=CELL,
             resources=resources,
             instance=lineage["instance"],
             run_config={
@@ -224,39 +240,43 @@ def test_indivisible_grpo_batch_is_refused_before_training(training_run):
     assert any("divisible by num_generations=4" in m for m in messages), messages
 
 
-def test_rl_checkpoint_can_start_from_the_base_model(training_run, tmp_path):
-    """GRPO without Stage 1 (the paper's ablation): no SFT adapter is read, a fresh adapter of
-    the configured rank trains on the base model, and the gate compares RL with the base model.
-    (Runs last of the fixture's tests: it replaces the partition's RL adapter.)"""
-    import shutil
-
+def _materialize_cell(lineage, resources, cell: str, config: dict):
     from definitions import all_assets
 
+    return materialize(
+        all_assets,
+        selection=AssetSelection.assets("rl_checkpoint"),
+        partition_key=cell,
+        resources=resources,
+        instance=lineage["instance"],
+        run_config={"ops": {"rl_checkpoint": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def test_grpo_only_cell_starts_from_the_base_model(training_run, tmp_path):
+    """The grpo_only variant (GRPO without Stage 1, the paper's ablation): no SFT adapter is
+    read, a fresh adapter of the configured rank trains on the base model, the gate compares RL
+    with the base model, and the eagrl cell's adapter is untouched."""
+    import shutil
+
     _, home, resources, lineage = training_run
+    eagrl = home / "artifacts" / "rl_checkpoint" / PARTITION / "eagrl"
+    before = (eagrl / "manifest.json").read_bytes()
     sft_dir = home / "artifacts" / "sft_checkpoint" / PARTITION
     hidden = tmp_path / "sft_checkpoint"
     shutil.move(sft_dir, hidden)  # nothing of Stage 1 on disk
     try:
-        result = materialize(
-            all_assets,
-            selection=AssetSelection.assets("rl_checkpoint"),
-            partition_key=PARTITION,
-            resources=resources,
-            instance=lineage["instance"],
-            run_config={
-                "ops": {
-                    "rl_checkpoint": {"config": {**RL_SMOKE, "start_from": "base", "lora_r": 4}}
-                }
-            },
-            raise_on_error=False,
+        result = _materialize_cell(
+            lineage, resources, f"{PARTITION}|grpo_only", {**RL_SMOKE, "lora_r": 4}
         )
     finally:
         shutil.move(hidden, sft_dir)
     assert result.success
-    out = home / "artifacts" / "rl_checkpoint" / PARTITION
+    out = home / "artifacts" / "rl_checkpoint" / PARTITION / "grpo_only"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["start_from"] == "base" and manifest["gate_reference"] == "base"
-    assert manifest["global_step"] == 2
+    assert manifest["variant"] == "grpo_only" and manifest["global_step"] == 2
     gain = manifest["val_reward_rl"] - manifest["val_reward_base"]
     assert manifest["val_reward_gain"] == pytest.approx(gain)
     assert not any(key.endswith("_sft") for key in manifest)
@@ -264,6 +284,37 @@ def test_rl_checkpoint_can_start_from_the_base_model(training_run, tmp_path):
     assert adapter_config["r"] == 4
     meta = result.asset_materializations_for_node("rl_checkpoint")[0].metadata
     assert meta["start_from"].value == "base"
+    assert (eagrl / "manifest.json").read_bytes() == before  # nothing of another variant's
+
+
+def test_a_variant_refuses_run_config_that_would_make_it_another_method(training_run):
+    _, _, resources, lineage = training_run
+    result = _materialize_cell(
+        lineage, resources, f"{PARTITION}|grpo_only", {**RL_SMOKE, "start_from": "sft"}
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.step_failure_data.error)
+    assert "variant grpo_only fixes ['start_from']" in message and "start_from='sft'" in message
+
+
+def test_a_cell_without_grpo_names_its_policy_and_trains_nothing(training_run):
+    _, home, resources, lineage = training_run
+    result = _materialize_cell(lineage, resources, f"{PARTITION}|sft_only", RL_SMOKE)
+    assert result.success
+    out = home / "artifacts" / "rl_checkpoint" / PARTITION / "sft_only"
+    manifest = json.loads((out / "manifest.json").read_text())
+    sft_adapter = home / "artifacts" / "sft_checkpoint" / PARTITION / "adapter"
+    assert manifest["policy"] == "sft" and manifest["adapter_dir"] == str(sft_adapter)
+    assert not (out / "adapter").exists()
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and "trains no GRPO" in check.metadata["applies"].value
+    base = _materialize_cell(lineage, resources, f"{PARTITION}|vanilla", {})
+    manifest = json.loads(
+        (home / "artifacts" / "rl_checkpoint" / PARTITION / "vanilla" / "manifest.json").read_text()
+    )
+    assert base.success and manifest["policy"] == "base" and manifest["prompting"] == "vanilla"
+    assert manifest["adapter_dir"] is None
 
 
 def _answers(rewards: list[float], patients: list[int]) -> pd.DataFrame:

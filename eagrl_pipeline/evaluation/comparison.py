@@ -1,8 +1,9 @@
 """The comparison report: every method against every dataset-task, side by side.
 
-An evaluation report answers "how did this partition's policies do"; a researcher reproducing
-EAG-RL wants the paper's table instead: rows are methods (the base model, SFT, RL, the expert),
-columns are dataset-tasks, and every row is compared with the method (RL, EAG-RL's policy) on the
+An evaluation report answers "how did this grid cell's policies do"; a researcher reproducing
+EAG-RL wants the paper's table instead: rows are methods (the variants of
+``eagrl_pipeline/variants.py`` and the expert; ``variant_rows`` gathers them from the cells),
+columns are dataset-tasks, and every row is compared with a reference method (eagrl) on the
 same test patients by a paired bootstrap, so a difference comes with the interval that says
 whether it is more than the sample's noise. Built from what the evaluation reports already wrote
 (their JSON and per-patient predictions); nothing is re-generated. A cell whose partition or
@@ -28,10 +29,13 @@ from eagrl_pipeline.evaluation.report import (
     html_page,
     markdown_page,
 )
+from eagrl_pipeline.variants import DEFAULT_VARIANT, VARIANTS
 
 DISCRIMINATION = ("auroc", "auprc")
 NOT_MATERIALIZED = "not materialized"
 DEFAULT_METHODS = ("base", "sft", "rl", "expert")
+# The experiment grid's rows that are always shown (a missing one reads "not materialized").
+GRID_METHODS = ("decomposition", "sft_only", DEFAULT_VARIANT, "expert")
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def _cell(
         return {"status": NOT_MATERIALIZED, "why": "the partition's evaluation_report is missing"}
     model = (results.report.get("models") or {}).get(method)
     if model is None:
-        return {"status": NOT_MATERIALIZED, "why": f"the evaluation report has no {method!r} row"}
+        return {"status": NOT_MATERIALIZED, "why": f"no evaluation of {method!r} here"}
     cell: dict[str, Any] = {
         "status": "ok",
         "kind": model["kind"],
@@ -145,11 +149,63 @@ def scored_methods(partitions: Mapping[str, PartitionResults | None]) -> list[st
         for name in results.report.get("models") or {}
     } - {"expert_all_test"}
 
-    def rank(name: str) -> tuple[int, str]:
-        order = {"base": 0, "sft": 2, "rl": 3, "expert": 4}
-        return (1 if name.startswith("base_") else order.get(name, 5), name)
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in VARIANTS:  # the grid's rows, in the registry's order
+            return (0, list(VARIANTS).index(name), "")
+        if name == "expert":
+            return (2, 0, "")
+        order = {"base": 0, "sft": 2, "rl": 3}  # a single report's policy rows
+        return (1, 1 if name.startswith("base_") else order.get(name, 5), name)
 
     return sorted(names, key=rank)
+
+
+def variant_rows(
+    cells: Mapping[str, PartitionResults | None],
+) -> tuple[PartitionResults | None, dict[str, str]]:
+    """One dataset-task's grid cells (variant -> its evaluation outputs, None where never
+    materialized) as one ``PartitionResults`` whose rows are the variants, plus the expert, and
+    which cell each row was read from.
+
+    A variant's row is its policy's row in its own cell (``Variant.report_row``). The policies
+    that do not depend on the cell (the base model in a prompting style, the dataset-task's SFT
+    adapter) may come from another cell that scored them as a start policy on the same
+    patients: the default run's eagrl cell also answers for decomposition and sft_only. A GRPO
+    policy only ever comes from its own cell."""
+    found = {name: results for name, results in cells.items() if results is not None}
+    if not found:
+        return None, {}
+    models: dict[str, Any] = {}
+    robust: dict[str, Any] = {}
+    frames: list[pd.DataFrame] = []
+    sources: dict[str, str] = {}
+
+    def take(results: PartitionResults, row: str, name: str, source: str) -> None:
+        models[name] = results.report["models"][row]
+        levels = ((results.report.get("robustness") or {}).get("models") or {}).get(row)
+        if levels is not None:
+            robust[name] = levels
+        rows = results.predictions[results.predictions["model"] == row]
+        frames.append(rows.assign(model=name))
+        sources[name] = source
+
+    for name, variant in VARIANTS.items():
+        own = [name] if name in found else []
+        others = [] if variant.trains_grpo else [c for c in found if c != name]
+        for source in own + others:
+            if variant.report_row in (found[source].report.get("models") or {}):
+                take(found[source], variant.report_row, name, source)
+                break
+    first_name, first = next(iter(found.items()))
+    if "expert" in (first.report.get("models") or {}):
+        take(first, "expert", "expert", first_name)
+    report = {
+        "models": models,
+        "robustness": {"models": robust} if robust else None,
+        "settings": first.report["settings"],
+    }
+    predictions = pd.concat(frames, ignore_index=True) if frames else first.predictions.iloc[:0]
+    return PartitionResults(report, predictions), sources
 
 
 def build_comparison(

@@ -759,11 +759,13 @@ def write_report(
     return write_texts(out, texts)
 
 
-def write_texts(out_dir: str | Path, texts: dict[str, str]) -> dict[str, Path]:
-    """``report.<key>`` for each rendered text, each written atomically."""
+def write_texts(
+    out_dir: str | Path, texts: dict[str, str], stem: str = "report"
+) -> dict[str, Path]:
+    """``<stem>.<key>`` for each rendered text, each written atomically."""
     paths: dict[str, Path] = {}
     for key, text in texts.items():
-        target = Path(out_dir) / f"report.{key}"
+        target = Path(out_dir) / f"{stem}.{key}"
         with atomic_path(target) as tmp:
             tmp.write_text(text, encoding="utf-8")
         paths[key] = target

@@ -68,6 +68,9 @@ class GRPOSettings:
     eps_low: float = 0.2
     eps_high_min: float = 0.2
     eps_high_max: float = 0.4
+    # With the adaptive clip off: a fixed upper ε (DAPO's clip-higher); None keeps trl's
+    # symmetric clip (ε_high = eps_low).
+    eps_high_fixed: float | None = None
     logging_steps: int = 1
     save_steps: int = 1
     gradient_checkpointing: bool = False
@@ -131,6 +134,18 @@ class GRPOSettings:
             raise ValueError(f"guided_steps must be >= 0, got {self.guided_steps}")
         if self.max_steps < 1 or self.num_iterations < 1 or self.max_completion_length < 1:
             raise ValueError("max_steps, num_iterations and max_completion_length must be >= 1")
+        if self.eps_high_fixed is not None:
+            if self.adaptive_clip:
+                raise ValueError(
+                    f"eps_high_fixed={self.eps_high_fixed} fixes the upper clip, but the "
+                    "adaptive clip is on and sets it per token: set adaptive_clip to false, or "
+                    "drop eps_high_fixed"
+                )
+            if self.eps_high_fixed < self.eps_low:
+                raise ValueError(
+                    f"eps_high_fixed={self.eps_high_fixed} is below eps_low={self.eps_low}: "
+                    "clip-higher needs ε_high >= ε_low"
+                )
         self.clip_config()
         self.reward_weights()
 
@@ -173,6 +188,7 @@ def build_grpo_config(
         top_p=settings.top_p,
         beta=settings.beta,
         epsilon=settings.eps_low,
+        epsilon_high=None if settings.adaptive_clip else settings.eps_high_fixed,
         loss_type=settings.loss_type,
         reward_weights=settings.trl_reward_weights(),
         # trl's GRPOConfig turns checkpointing on by default (gradient_checkpointing, now
