@@ -82,9 +82,10 @@ partition_job = define_asset_job(
 generalization_job = define_asset_job(
     "cross_dataset_report",
     selection=AssetSelection.assets("generalization_report", "comparison_report"),
-    description="MIMIC-IV-trained policies on TJH and back, then the comparison of every "
-    "method across the dataset-tasks (unpartitioned): run after the grid cells of "
-    "experiment_grid.",
+    description="Per method variant (partition): that variant's MIMIC-IV-trained policy on "
+    "TJH and back (generalization_report), then the comparison of every method across the "
+    "dataset-tasks (comparison_report, unpartitioned: one table over whatever cells exist). "
+    "Run after the variant's grid cells of both mortality partitions in experiment_grid.",
 )
 
 

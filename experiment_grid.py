@@ -6,9 +6,11 @@ on the run profile, then the comparison report, print its table, and end with on
 (the requested cells that have an evaluation report now, the variants among them, and how many
 requested cells failed or were skipped). Like `make run`, each step materializes only what is
 missing or stale: the shared stages of a dataset-task once for every variant, then each cell
-(GRPO for the GRPO variants, the evaluation report), then the comparison. The cells' reports
-score only their own policy (``evaluation_report.score_start_policies: false``): the base
-model and the SFT adapter are cells of their own (decomposition, sft_only), scored once.
+(GRPO for the GRPO variants, the evaluation report), then, for a variant whose cells of both
+mortality dataset-tasks are in the grid, its generalization report, and last the comparison.
+The cells' reports score only their own policy (``score_start_policies: false`` for
+evaluation_report and generalization_report): the base model and the SFT adapter are cells of
+their own (decomposition, sft_only), scored once.
 
     python experiment_grid.py [--dataset-tasks tjh-mortality] [--variants vanilla,eagrl]
 """
@@ -29,6 +31,7 @@ import run_lineage
 from assets.partitions import COHORTS, cell_key
 from definitions import EAGRL_HOME, defs
 from eagrl_pipeline.variants import VARIANTS
+from orchestration import CROSS_DATASET_PARTITIONS
 from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, stale_or_missing
 
 # The CPU default's small grid: every prompting baseline, each stage alone, and EAG-RL.
@@ -38,10 +41,12 @@ GRID_EVALUATION = {"score_start_policies": False}
 
 
 def grid_profile(profile: dict[str, Any]) -> dict[str, Any]:
-    """The run profile with the grid's evaluation setting (each cell scores its own policy)."""
+    """The run profile with the grid's evaluation setting (each cell, and each variant's
+    generalization report, scores its own policy)."""
     ops = dict(profile.get("ops") or {})
-    evaluation = dict((ops.get("evaluation_report") or {}).get("config") or {})
-    ops["evaluation_report"] = {"config": {**evaluation, **GRID_EVALUATION}}
+    for name in ("evaluation_report", "generalization_report"):
+        settings = dict((ops.get(name) or {}).get("config") or {})
+        ops[name] = {"config": {**settings, **GRID_EVALUATION}}
     return {**profile, "ops": ops}
 
 
@@ -90,6 +95,16 @@ def grid_pass(
             keys = todo_for(cell, todo)
             ok = not keys or run("experiment_grid", keys, cell, cell)
             state[cell] = "ok" if ok and cell not in record.failed else "failed"
+    generalization = [AssetKey("generalization_report")]
+    for variant in variants:
+        pair = [str(cell_key(d, variant)) for d in CROSS_DATASET_PARTITIONS]
+        if all(state.get(cell) == "ok" for cell in pair):
+            todo = stale_or_missing(
+                instance, lineage, generalization, variant, cohort_relevance, planned
+            )
+            keys = todo_for(f"generalization[{variant}]", todo)
+            if keys:
+                run("cross_dataset_report", keys, variant, f"generalization[{variant}]")
     comparison = [AssetKey("comparison_report")]
     run("cross_dataset_report", comparison, None, "comparison")
     record.seconds = time.monotonic() - started
@@ -144,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if (report / "report.md").exists():
         print("\n" + (report / "report.md").read_text(encoding="utf-8"))
         comparison = json.loads((report / "report.json").read_text())
-        for dataset_task, rows in comparison.get("provenance", {}).items():
+        for column, rows in comparison.get("provenance", {}).items():
             for row, source in rows.items():
                 print(
-                    f"  {dataset_task} {row}: cell {source['cell']}, MLflow run "
+                    f"  {column} {row}: {source['asset']}[{source['partition']}], MLflow run "
                     f"{source['mlflow_run_id']}, Dagster run {source['dagster_run_id']}"
                 )
     for label, checks in record.failed.items():

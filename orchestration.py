@@ -268,25 +268,25 @@ CROSS_DATASET_PARTITIONS = ("mimic_iv-mortality", "tjh-mortality")
 def cross_dataset_requests(
     cell: str | None, reported: set[str], run_id: str
 ) -> list[RunRequest] | SkipReason:
-    """After a grid cell's run: the whole cross-dataset job (generalization and comparison)
-    once the default variant's cells of both mortality partitions have their evaluation report,
-    else the comparison alone, so its table follows every cell's new evaluation; the run key
-    ties the request to the cell's run."""
+    """After a grid cell's run: the cross-dataset job for the cell's variant (its
+    generalization report, then the comparison) once that variant's cells of both mortality
+    partitions have their evaluation report, else the comparison alone, so its table follows
+    every cell's new evaluation; the run key ties the request to the cell's run."""
     tags = {"eagrl/upstream_run_id": run_id}
     try:
-        partition = split_cell(cell or "")[0]
+        partition, variant = split_cell(cell or "")
     except ValueError:
         return SkipReason(f"partition {cell!r} is not a grid cell (dataset_task|variant)")
     if partition not in COHORTS:
         return SkipReason(f"partition {cell!r} is not a grid cell of a dataset-task")
-    pair = [str(cell_key(p, DEFAULT_VARIANT)) for p in CROSS_DATASET_PARTITIONS]
+    pair = [str(cell_key(p, variant)) for p in CROSS_DATASET_PARTITIONS]
     if str(cell) in pair and all(c in reported for c in pair):
-        return [RunRequest(run_key=f"{run_id}:cross_dataset", tags=tags)]
+        return [RunRequest(partition_key=variant, run_key=f"{run_id}:cross_dataset", tags=tags)]
     missing = [c for c in pair if c not in reported]
     why = (
-        f"the generalization report waits for {', '.join(missing)}"
+        f"generalization_report[{variant}] waits for {', '.join(missing)}"
         if missing
-        else f"{cell} does not feed the generalization report"
+        else f"{cell} does not feed a generalization report"
     )
     return [
         RunRequest(
@@ -308,10 +308,10 @@ def build_cross_dataset_sensor(
         monitored_jobs=[grid_job],
         request_job=report_job,
         default_status=DefaultSensorStatus.RUNNING,
-        description="When a grid cell's run succeeds: cross_dataset_report (the generalization "
-        "and the comparison reports) once the default variant's cells of both mortality "
-        "partitions have an evaluation report, else the comparison report alone; once per "
-        "cell run.",
+        description="When a grid cell's run succeeds: cross_dataset_report for the cell's "
+        "variant (its generalization report and the comparison report) once that variant's "
+        "cells of both mortality partitions have an evaluation report, else the comparison "
+        "report alone; once per cell run.",
     )
     def cross_dataset_after_partitions(context: RunStatusSensorContext):
         run = context.dagster_run

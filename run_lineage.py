@@ -225,9 +225,12 @@ def lineage_pass(
         if todo and shared_ok:
             run("experiment_grid", list(todo), cell, cell)
     cross = job_asset_keys(lineage, "cross_dataset_report")
-    todo = plan("cross-dataset", stale_or_missing(instance, lineage, cross, planned=planned))
+    todo = plan(
+        "cross-dataset",
+        stale_or_missing(instance, lineage, cross, DEFAULT_VARIANT, planned=planned),
+    )
     if todo:
-        run("cross_dataset_report", list(todo), None, "cross-dataset")
+        run("cross_dataset_report", list(todo), DEFAULT_VARIANT, "cross-dataset")
     record.seconds = time.monotonic() - started
     return record
 
@@ -305,7 +308,7 @@ def summary(first: Pass, second: Pass, profile_name: str) -> None:
     print("\nreports (HTML):")
     for partition in COHORTS:
         print(f"  {artifacts / 'evaluation_report' / partition / DEFAULT_VARIANT / 'report.html'}")
-    print(f"  {artifacts / 'generalization_report' / '_' / 'report.html'}")
+    print(f"  {artifacts / 'generalization_report' / DEFAULT_VARIANT / 'report.html'}")
     print(f"  {artifacts / 'comparison_report' / '_' / 'report.html'}  (methods x dataset-tasks)")
     print(f"checkpoints:         {artifacts}/sft_checkpoint/<partition>/adapter/, ")
     print(f"                     {artifacts}/rl_checkpoint/<partition>/<variant>/adapter/")

@@ -112,15 +112,19 @@ def stale_or_missing(
 
 
 def _node_partition(partitions_def: Any, partition_key: str | None) -> str | None:
-    """The partition of an asset that a plan for ``partition_key`` covers: a dataset-task stage
-    in a plan for a grid cell (``tjh-mortality|eagrl``) is its dataset-task; a grid cell's asset
-    has none in a plan for a dataset-task."""
+    """The partition of an asset that a plan for ``partition_key`` covers: its own key where the
+    asset has it (a dataset-task, a grid cell ``tjh-mortality|eagrl``, a variant), a grid cell's
+    dataset-task for a dataset-task stage; None (not in this plan) otherwise, such as a grid
+    cell's asset in a plan for a dataset-task."""
     if partitions_def is None or partition_key is None:
         return None
-    is_cell = "|" in str(partition_key)
-    if isinstance(partitions_def, MultiPartitionsDefinition):
-        return str(partition_key) if is_cell else None
-    return split_cell(partition_key)[0] if is_cell else partition_key
+    key = str(partition_key)
+    keys = {str(k) for k in partitions_def.get_partition_keys()}
+    if key in keys:
+        return key
+    if "|" in key and split_cell(key)[0] in keys:
+        return split_cell(key)[0]
+    return None
 
 
 MODEL = AssetKey("base_language_model")
@@ -185,7 +189,7 @@ def planned_fingerprints(
         if config_class is None:
             continue
         raw = (ops.get(definition.op.name) or {}).get("config") or {}
-        if isinstance(definition.partitions_def, MultiPartitionsDefinition):
+        if _per_variant(definition.partitions_def):
             planned[key] = _cell_fingerprints(
                 key, config_class(**raw), set(raw), definition.partitions_def
             )
@@ -195,19 +199,29 @@ def planned_fingerprints(
     return planned
 
 
+def _per_variant(partitions_def: Any) -> bool:
+    """Partitioned by method variant: the grid's cells, or a variant alone."""
+    from assets.partitions import variant_partitions
+
+    return isinstance(partitions_def, MultiPartitionsDefinition) or (
+        partitions_def is not None
+        and set(partitions_def.get_partition_keys()) == set(variant_partitions.get_partition_keys())
+    )
+
+
 def _cell_fingerprints(
     key: AssetKey, config: Any, given: set[str], partitions_def: Any
 ) -> dict[str, str]:
-    """Per grid cell: the fingerprint the cell records, over the config it runs with (for
-    rl_checkpoint, the run config with the variant's fixed settings applied; none for a
-    variant without GRPO) and the variant's settings."""
+    """Per grid cell (or variant): the fingerprint the partition records, over the config it
+    runs with (for rl_checkpoint, the run config with the variant's fixed settings applied;
+    none for a variant without GRPO) and the variant's settings."""
     from assets.training import rl_config_for_variant
     from assets.versioning import config_fingerprint
     from eagrl_pipeline.variants import get_variant
 
     out = {}
     for cell in partitions_def.get_partition_keys():
-        variant = get_variant(split_cell(cell)[1])
+        variant = get_variant(split_cell(cell)[1] if "|" in str(cell) else str(cell))
         cell_config = rl_config_for_variant(config, variant, given) if key == RL else config
         out[str(cell)] = config_fingerprint(cell_config, variant=variant.settings())
     return out

@@ -1,6 +1,7 @@
-"""Evaluation (DESIGN §1 "Evaluation"): the base, SFT and RL policies and the expert on each
-partition's test patients, with feature-order robustness, and the cross-dataset
-generalization report (MIMIC-IV mortality <-> TJH mortality)."""
+"""Evaluation (DESIGN §1 "Evaluation"): each grid cell's policy (and those it starts from) and the
+expert on the dataset-task's test patients, with feature-order robustness; per variant, the
+cross-dataset generalization report (MIMIC-IV mortality <-> TJH mortality); the comparison of
+every method across the grid."""
 
 import dataclasses
 import gc
@@ -37,10 +38,12 @@ from assets.llm_inputs import (
 from assets.partitions import (
     COHORTS,
     SHARED_STAGE,
+    VARIANT_CELLS,
     cell_key,
     cell_partitions,
     split_cell,
     split_partition,
+    variant_partitions,
 )
 from assets.tags import GPU_OP_TAGS
 from assets.versioning import latest_metadata, versioned
@@ -56,6 +59,7 @@ from eagrl_pipeline.evaluation.comparison import (
     build_comparison,
     render_comparison,
     scored_methods,
+    variant_generalization,
     variant_rows,
 )
 from eagrl_pipeline.evaluation.predictions import (
@@ -86,7 +90,6 @@ from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehou
 
 # Report name -> the training asset whose adapter/ folder holds that policy.
 POLICY_ASSETS: dict[str, str] = {"sft": "sft_checkpoint", "rl": "rl_checkpoint"}
-LLM_MODELS: tuple[str, ...] = ("base", *POLICY_ASSETS)
 GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortality")
 
 
@@ -206,6 +209,12 @@ class EvaluationConfig(LLMEvaluationConfig):
 
 
 class GeneralizationConfig(LLMEvaluationConfig):
+    score_start_policies: bool = Field(
+        default=True,
+        description="Also transfer the policies the variant starts from (base, and SFT where "
+        "GRPO follows it), as the evaluation report does; the experiment grid turns it off, "
+        "since those are variants of their own (decomposition, sft_only).",
+    )
     max_test_patients: int | None = Field(
         default=12,
         ge=1,
@@ -218,31 +227,6 @@ class GeneralizationConfig(LLMEvaluationConfig):
         description="Robustness levels on the other dataset's prompts; empty by default (the "
         "per-partition reports hold the robustness curves), which halves the generation.",
     )
-
-
-def policy_adapters(
-    home: EagrlHome, dataset_task: str, variant: str = DEFAULT_VARIANT
-) -> dict[str, Path]:
-    """The SFT adapter of ``dataset_task`` and the RL adapter of its ``variant`` cell; every
-    missing one is named, with the asset to materialize, before any model is loaded."""
-    folders = {
-        "sft": ("sft_checkpoint", dataset_task),
-        "rl": ("rl_checkpoint", str(cell_key(dataset_task, variant))),
-    }
-    found: dict[str, Path] = {}
-    missing: list[str] = []
-    for name, (asset_name, partition) in folders.items():
-        path = home.artifact_path(asset_name, partition) / "adapter"
-        if (path / "adapter_config.json").is_file():
-            found[name] = path
-        else:
-            missing.append(
-                f"no LoRA adapter at {path} (adapter_config.json missing): materialize "
-                f"{asset_name}[{partition}] first"
-            )
-    if missing:
-        raise FileNotFoundError("; ".join(missing) + ".")
-    return found
 
 
 def cell_policies(
@@ -474,7 +458,7 @@ def _styled(prompts: PromptSet, dataset_task: str, style: str) -> PromptSet:
     )
 
 
-def _row_generation(config: EvaluationConfig, row: str) -> GenerationSettings | None:
+def _row_generation(config: LLMEvaluationConfig, row: str) -> GenerationSettings | None:
     """A prompting baseline answers in its own guided shape; None: the report's settings. A
     reasoning block that may fill max_new_tokens would leave no room for the answer."""
     if not row.startswith("base_"):
@@ -717,13 +701,10 @@ def _shared_features_line(transfer: Mapping[str, Any]) -> str:
 
 
 _pair = SpecificPartitionsPartitionMapping(list(GENERALIZATION_PARTITIONS))
-# The transferred RL policies: the default variant's cells of the two mortality partitions.
-_pair_cells = SpecificPartitionsPartitionMapping(
-    [str(cell_key(p)) for p in GENERALIZATION_PARTITIONS]
-)
 
 
 @asset(
+    partitions_def=variant_partitions,
     group_name="evaluation",
     kinds={"huggingface", "pytorch", "mlflow"},
     deps=[
@@ -731,7 +712,7 @@ _pair_cells = SpecificPartitionsPartitionMapping(
             AssetDep(key, partition_mapping=_pair)
             for key in ("cohort_dataset", "llm_prompts", "expert_feature_ranking", "sft_checkpoint")
         ),
-        AssetDep("rl_checkpoint", partition_mapping=_pair_cells),
+        AssetDep("rl_checkpoint", partition_mapping=VARIANT_CELLS),
     ],
     pool="gpu",
     op_tags=GPU_OP_TAGS,
@@ -745,13 +726,21 @@ def generalization_report(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Zero-shot transfer: the policies trained on MIMIC-IV mortality (SFT, and RL of the default
-    variant, eagrl) answer TJH's test prompts as they are, and the other way round, next to the
-    base model on the same prompts. The expert cannot read the other dataset's inputs: marked not
-    applicable, with the shared features."""
-    require_passing_upstream_checks(context)
+    """Zero-shot transfer of one method variant: its policy trained on MIMIC-IV mortality answers
+    TJH's test prompts as they are, and the other way round (a prompting baseline, trained on
+    nothing, answers each dataset's prompts in its style), by default next to the policies it
+    starts from. The expert cannot read the other dataset's inputs: marked not applicable, with
+    the shared features."""
+    variant = get_variant(str(context.partition_key))
     a, b = GENERALIZATION_PARTITIONS
-    adapters = {p: policy_adapters(home, p) for p in GENERALIZATION_PARTITIONS}
+    cells = {p: str(cell_key(p, variant.name)) for p in GENERALIZATION_PARTITIONS}
+    require_passing_upstream_checks(context, partitions=[a, b, *cells.values()])
+    adapters = {
+        p: cell_policies(home, p, variant, config.score_start_policies)
+        for p in GENERALIZATION_PARTITIONS
+    }
+    rows = list(adapters[a])
+    generation = {row: _row_generation(config, row) for row in rows}
     datasets = {p: split_partition(p)[0] for p in GENERALIZATION_PARTITIONS}
     tests = {p: load_test_prompts(home, p) for p in GENERALIZATION_PARTITIONS}
     samples = {
@@ -764,15 +753,24 @@ def generalization_report(
         p: feature_dictionary(warehouse, datasets[p]) for p in GENERALIZATION_PARTITIONS
     }
     matchers = {p: feature_matcher(warehouse, datasets[p]) for p in GENERALIZATION_PARTITIONS}
-    sets = {p: _prompt_sets(PromptSet.from_frame(s), config) for p, s in samples.items()}
+    prompts = {p: PromptSet.from_frame(s) for p, s in samples.items()}
+    sets = {p: _prompt_sets(prompts[p], config) for p in GENERALIZATION_PARTITIONS}
 
-    def job(name: str, target: str) -> _Job:
-        return _Job(name, target, sets[target], matchers[target], top_k[target])
+    def job(row: str, target: str) -> _Job:
+        shown = sets[target]
+        if row.startswith("base_"):  # a prompting baseline asks the same patients its way
+            shown = _prompt_sets(_styled(prompts[target], target, row[5:]), config)
+        return _Job(row, target, shown, matchers[target], top_k[target], generation[row])
 
     directions = [(a, b), (b, a)]
-    loads: list[tuple[Path | None, list[_Job]]] = [(None, [job("base", b), job("base", a)])]
+    untrained = [row for row in rows if adapters[a][row] is None]  # the base model, any style
+    loads: list[tuple[Path | None, list[_Job]]] = []
+    if untrained:
+        loads.append((None, [job(row, target) for row in untrained for target in (b, a)]))
     for source, target in directions:
-        loads += [(adapters[source][name], [job(name, target)]) for name in POLICY_ASSETS]
+        loads += [
+            (adapters[source][row], [job(row, target)]) for row in rows if row not in untrained
+        ]
     device = compute.configure_torch(llm=True)
     answers = answer_prompts(context, llm, home, device, config.generation(), loads)
 
@@ -788,8 +786,16 @@ def generalization_report(
     }
     transfer_ab = transfers[f"{a}_to_{b}"]
     preface = [
+        f"Variant `{variant.name}` (settings {variant.settings_hash()}): {variant.description} "
+        f"Its policy is the row `{variant.report_row}`"
+        + (
+            f"; {', '.join(f'`{r}`' for r in rows[:-1])} are the policies it starts from."
+            if len(rows) > 1
+            else "."
+        ),
         f"Policies trained on one partition answer the other's test prompts unchanged; base is "
-        f"{llm.model_dir(home.root)} zero-shot on the same prompts.",
+        f"{llm.model_dir(home.root)} zero-shot on the same prompts (a prompting baseline: the "
+        "same model asked its way, trained on neither dataset).",
         f"Expert: {transfer_ab['reason']}",
         _shared_features_line(transfer_ab),
     ]
@@ -797,25 +803,30 @@ def generalization_report(
     metrics: dict[str, float] = {}
     for source, target in directions:
         key = f"{source}_to_{target}"
-        models = [answers[(target, name)][0.0].predictions for name in LLM_MODELS]
+        models = [answers[(target, row)][0.0].predictions for row in rows]
         robustness = {
-            name: {lv: answers[(target, name)][lv].predictions for lv in config.permutation_levels}
-            for name in LLM_MODELS
+            row: {lv: answers[(target, row)][lv].predictions for lv in config.permutation_levels}
+            for row in rows
             if config.permutation_levels
         }
+        trained = [
+            f"{row}: the LoRA adapter of {POLICY_ASSETS[row]}"
+            f"[{source if row == 'sft' else cells[source]}] merged into the base model"
+            for row in rows
+            if row not in untrained
+        ]
         notes = [
             f"Test patients: a seeded, label-stratified sample of {len(samples[target])} of the "
             f"{len(tests[target])} {target} test patients (seed {config.sample_seed}).",
-            f"sft and rl: the LoRA adapters of sft_checkpoint[{source}] / rl_checkpoint"
-            f"[{cell_key(source)}] merged into the base model. Answers parsed with "
-            f"{datasets[target]}'s feature dictionary; Jaccard against "
+            *([f"{'; '.join(trained)}."] if trained else []),
+            f"Answers parsed with {datasets[target]}'s feature dictionary; Jaccard against "
             f"expert_feature_ranking[{target}]'s top-k among the features each prompt shows.",
             config.decoding_note(),
             f"Expert trained on {source}: not applicable on {target} (see the top of the report).",
             *_unpermutable_note(sets[target]),
         ]
         report = build_report(
-            f"Trained on {source}, tested zero-shot on {target}",
+            f"Trained on {source}, tested zero-shot on {target} (variant {variant.name})",
             models,
             robustness or None,
             notes,
@@ -827,34 +838,45 @@ def generalization_report(
         sections[key] = ReportSection(report, models, robustness or None)
         metrics.update(report_metrics(report, f"{datasets[source]}_to_{datasets[target]}."))
 
-    out_dir = home.artifact_dir("generalization_report")
+    out_dir = home.artifact_dir("generalization_report", variant.name)
+    variant_entry = {
+        "name": variant.name,
+        "row": variant.report_row,
+        "settings_hash": variant.settings_hash(),
+    }
     paths = write_combined_report(
         out_dir,
-        f"EAG-RL generalization: {a} <-> {b}",
+        f"EAG-RL generalization: {a} <-> {b}, variant {variant.name}",
         preface,
         sections,
-        {"expert": transfers},
+        {"variant": variant_entry, "expert": transfers},
     )
     predictions_path = _write_parquet(_records(answers), out_dir / "llm_predictions.parquet")
+    tags = {"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()}
     run_id = _log_mlflow(
         context,
         mlflow_tracking,
         "evaluation/generalization",
-        f"generalization-{datasets[a]}-{datasets[b]}",
+        f"generalization-{datasets[a]}-{datasets[b]}-{variant.name}",
         {
             **config.model_dump(),
             "partitions": ",".join(GENERALIZATION_PARTITIONS),
+            "variant": variant.name,
             "device": device,
             "base_model": llm.model_dir(home.root),
             "shared_features": len(transfer_ab["shared_features"]),
         },
         metrics,
         [*paths.values(), predictions_path],
+        tags=tags,
     )
     metadata: dict[str, Any] = {
         "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
         **_paths_metadata(paths),
         "llm_predictions": MetadataValue.path(str(predictions_path)),
+        "variant": variant.name,
+        "variant_hash": variant.settings_hash(),
+        "variant_row": variant.report_row,
         "shared_features": len(transfer_ab["shared_features"]),
         "expert": "not applicable (see report)",
         "guided": config.guided,
@@ -863,9 +885,11 @@ def generalization_report(
     }
     for key, section in sections.items():
         metadata[f"{key}_rl_vs_base_pct"] = section.report["headline"]["average_pct"]
-        for name in LLM_MODELS:
-            metadata[f"{key}_test_auroc_{name}"] = _auroc(section.report, name)
-    return versioned(context, MaterializeResult(metadata=metadata), config)
+        for row in rows:
+            metadata[f"{key}_test_auroc_{row}"] = _auroc(section.report, row)
+    return versioned(
+        context, MaterializeResult(metadata=metadata), config, variant=variant.settings()
+    )
 
 
 class ComparisonConfig(Config):
@@ -943,12 +967,20 @@ def _case_studies(
     return cases
 
 
-def _provenance(context: AssetExecutionContext, cell: str) -> dict[str, str | None]:
-    """The grid cell, Dagster run and MLflow run behind a comparison row."""
+def _provenance(
+    context: AssetExecutionContext, partition: str, asset_name: str = "evaluation_report"
+) -> dict[str, str | None]:
+    """The partition (a grid cell, or a variant's generalization), Dagster run and MLflow run
+    behind a comparison row."""
     run_id, mlflow_run_id = latest_metadata(
-        context.instance, AssetKey("evaluation_report"), cell, "mlflow_run_id"
+        context.instance, AssetKey(asset_name), partition, "mlflow_run_id"
     )
-    return {"cell": cell, "dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id}
+    return {
+        "asset": asset_name,
+        "partition": partition,
+        "dagster_run_id": run_id,
+        "mlflow_run_id": mlflow_run_id,
+    }
 
 
 @asset(
@@ -981,10 +1013,13 @@ def comparison_report(
         found = scored_methods(partitions)
         methods = [*found, *(m for m in GRID_METHODS if m not in found)]
         methods = [m for m in (*VARIANTS, "expert") if m in methods]
-    generalization_path = home.artifacts / "generalization_report" / "_" / "report.json"
-    generalization = (
-        json.loads(generalization_path.read_text()) if generalization_path.exists() else None
-    )
+    transfer_paths = {
+        v: home.artifact_path("generalization_report", v) / "report.json" for v in VARIANTS
+    }
+    generalization, transfer_sources = variant_generalization(
+        {v: json.loads(path.read_text()) if path.exists() else None
+         for v, path in transfer_paths.items()}
+    )  # fmt: skip
     comparison = build_comparison(
         partitions,
         methods=methods,
@@ -1001,6 +1036,11 @@ def comparison_report(
         for dataset_task, rows in sources.items()
         if rows
     }
+    if transfer_sources:
+        comparison["provenance"]["generalization"] = {
+            row: _provenance(context, variant, "generalization_report")
+            for row, variant in transfer_sources.items()
+        }
     texts = {
         "json": json.dumps(comparison, indent=2, allow_nan=False) + "\n",
         **render_comparison(comparison),

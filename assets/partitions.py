@@ -14,10 +14,10 @@ import warnings
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     MultiPartitionKey,
     MultiPartitionsDefinition,
     MultiToSingleDimensionPartitionMapping,
-    PartitionsDefinition,
     StaticPartitionsDefinition,
 )
 from dagster._utils.warnings import BetaWarning
@@ -37,6 +37,9 @@ cell_partitions = MultiPartitionsDefinition(
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", BetaWarning)
     SHARED_STAGE = MultiToSingleDimensionPartitionMapping(partition_dimension_name=DATASET_TASK)
+    # A variant's report reads that variant's cells (of every dataset-task: Dagster has no
+    # mapping to a subset of one dimension; the report itself reads the mortality pair).
+    VARIANT_CELLS = MultiToSingleDimensionPartitionMapping(partition_dimension_name=VARIANT)
 
 
 def cell_key(dataset_task: str, variant: str = DEFAULT_VARIANT) -> MultiPartitionKey:
@@ -68,14 +71,14 @@ def cohort_mart(key: str) -> str:
     return f"cohort_{dataset}_{task}"
 
 
-def parent_partition(
-    context: AssetExecutionContext, parent_def: PartitionsDefinition | None
-) -> str | None:
-    """The partition of a parent this step reads: its own key, or, for a grid cell reading a
-    dataset-task stage, the cell's dataset-task (None for an unpartitioned parent)."""
-    if parent_def is None or not context.has_partition_key:
-        return None
-    key = context.partition_key
-    if isinstance(key, MultiPartitionKey) and not isinstance(parent_def, MultiPartitionsDefinition):
-        return split_cell(key)[0]
-    return key
+def parent_partitions(context: AssetExecutionContext, parent: AssetKey) -> list[str | None]:
+    """The partitions of ``parent`` this step reads, through the dependency's partition mapping:
+    its own key, a grid cell's dataset-task, a variant's cells, a fixed pair; ``[None]`` for an
+    unpartitioned parent or an unpartitioned step."""
+    graph = context.job_def.asset_layer.asset_graph
+    if not graph.get(parent).is_partitioned or not context.has_partition_key:
+        return [None]
+    mapped = graph.get_parent_partition_keys_for_child(
+        context.partition_key, parent, context.asset_key
+    )
+    return sorted(str(key) for key in mapped.partitions_subset.get_partition_keys())

@@ -44,7 +44,7 @@ from dagster import (
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from assets.partitions import parent_partition
+from assets.partitions import parent_partitions
 
 PROJECT_PACKAGES = ("eagrl_pipeline", "assets", "resources")
 CONFIG_FINGERPRINT = "config_fingerprint"
@@ -228,10 +228,17 @@ def _input_versions(context: AssetExecutionContext) -> dict[str, str]:
     layer = context.job_def.asset_layer
     versions = {}
     for parent in sorted(layer.get(context.asset_key).parent_keys):
-        partition = parent_partition(context, layer.get(parent).partitions_def)
-        record = context.instance.get_latest_data_version_record(parent, partition_key=partition)
-        tags = record.asset_materialization.tags if record and record.asset_materialization else {}
-        versions[parent.to_user_string()] = (tags or {}).get(DATA_VERSION_TAG, "")
+        partitions = parent_partitions(context, parent)
+        for partition in partitions:
+            record = context.instance.get_latest_data_version_record(
+                parent, partition_key=partition
+            )
+            materialization = record.asset_materialization if record else None
+            tags = (materialization.tags if materialization else None) or {}
+            name = parent.to_user_string()
+            versions[name if len(partitions) == 1 else f"{name}[{partition}]"] = tags.get(
+                DATA_VERSION_TAG, ""
+            )
     return versions
 
 

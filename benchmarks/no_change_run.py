@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             grid = job_asset_keys(defs, "experiment_grid")
             stale_or_missing(instance, defs, grid, cell, cohort_relevance, planned)
         stale_or_missing(
-            instance, defs, job_asset_keys(defs, "cross_dataset_report"), planned=planned
+            instance,
+            defs,
+            job_asset_keys(defs, "cross_dataset_report"),
+            run_lineage.DEFAULT_VARIANT,
+            planned=planned,
         )
         return time.monotonic() - started, [k.to_user_string() for k in todo]
 

@@ -16,6 +16,7 @@ from eagrl_pipeline.evaluation.comparison import (
     PartitionResults,
     build_comparison,
     render_comparison,
+    variant_generalization,
 )
 from eagrl_pipeline.evaluation.report import ModelPredictions, build_report
 
@@ -121,3 +122,53 @@ def test_rows_default_to_every_model_scored_in_the_papers_order():
     assert comparison["cells"]["sft"]["tjh-mortality"]["status"] == NOT_MATERIALIZED
     vanilla = comparison["cells"]["base_vanilla"]["tjh-mortality"]["vs_reference"]
     assert vanilla["auroc"]["n"] == N
+
+
+def _estimate(mean: float) -> dict[str, float]:
+    return {"mean": mean, "std": 0.1, "ci_low": mean - 0.2, "ci_high": mean + 0.2}
+
+
+def _transfer(rows: dict[str, float]) -> dict:
+    """A generalization report's JSON: each row's AUROC estimate in both directions."""
+    return {
+        "sections": {
+            direction: {
+                "models": {
+                    row: {"n_patients": 12, "auroc": _estimate(v), "auprc": None}
+                    for row, v in rows.items()
+                }
+            }
+            for direction in ("a_to_b", "b_to_a")
+        }
+    }
+
+
+def test_generalization_rows_are_variants_read_from_each_variants_report():
+    """eagrl's report transferred its start policies (base, sft): they answer for decomposition
+    and sft_only; grpo_only's rl is its own, never eagrl's; a variant with no report has no
+    row, and the table says not materialized for it."""
+    rows, sources = variant_generalization(
+        {
+            "eagrl": _transfer({"base": 0.5, "sft": 0.6, "rl": 0.7}),
+            "vanilla": _transfer({"base_vanilla": 0.55}),
+            "grpo_only": None,
+        }
+    )
+    assert sources == {
+        "vanilla": "vanilla",
+        "decomposition": "eagrl",
+        "sft_only": "eagrl",
+        "eagrl": "eagrl",
+    }
+    models = rows["sections"]["a_to_b"]["models"]
+    assert models["eagrl"]["auroc"]["mean"] == 0.7 and models["sft_only"]["auroc"]["mean"] == 0.6
+    comparison = build_comparison(
+        {"tjh-mortality": _partition(4, {"eagrl": 0.5, "expert": 0.9})},
+        methods=["eagrl", "expert"],
+        reference="eagrl",
+        generalization=rows,
+        n_resamples=20,
+    )
+    assert set(comparison["generalization"]) == set(sources)
+    assert comparison["generalization"]["decomposition"]["b_to_a"]["auroc"]["mean"] == 0.5
+    assert "Generalization" in render_comparison(comparison)["md"]

@@ -290,14 +290,33 @@ def generalization_run(evaluation_setup):
     # The generalization default: no permuted levels (the per-partition reports hold them).
     config = {k: v for k, v in LLM_CONFIG.items() if k != "permutation_levels"}
     config["max_test_patients"] = 10
-    result = materialize(
+    return _transfer(evaluation_setup, "eagrl", config), _transfer_dir(evaluation_setup, "eagrl")
+
+
+def _transfer(setup: dict, variant: str, config: dict):
+    return materialize(
         _evaluation_assets(),
         selection=AssetSelection.assets("generalization_report"),
-        resources=evaluation_setup["resources"],
-        instance=evaluation_setup["instance"],
+        partition_key=variant,
+        resources=setup["resources"],
+        instance=setup["instance"],
         run_config={"ops": {"generalization_report": {"config": config}}},
     )
-    return result, evaluation_setup["home"] / "artifacts" / "generalization_report" / "_"
+
+
+def _transfer_dir(setup: dict, variant: str) -> Path:
+    return setup["home"] / "artifacts" / "generalization_report" / variant
+
+
+@pytest.fixture(scope="module")
+def vanilla_transfer(generalization_run, evaluation_setup):
+    """The vanilla prompting baseline's generalization report, its own row only (the grid's
+    setting): written beside eagrl's, which it must leave alone."""
+    config = {k: v for k, v in LLM_CONFIG.items() if k != "permutation_levels"}
+    config.update(max_test_patients=10, score_start_policies=False)
+    return _transfer(evaluation_setup, "vanilla", config), _transfer_dir(
+        evaluation_setup, "vanilla"
+    )
 
 
 @pytest.mark.slow
@@ -328,11 +347,50 @@ def test_generalization_report_both_directions(generalization_run):
     assert meta["report"].value == markdown
     assert meta["shared_features"].value == len(pairs)
     assert f"{forward}_test_auroc_rl" in meta and meta["mlflow_run_id"].value
+    assert meta["variant"].value == "eagrl" and report["variant"]["row"] == "rl"
+    assert f"rl_checkpoint[{CELL}]" in markdown  # the transferred RL policy is the eagrl cell's
+
+
+@pytest.mark.slow
+def test_generalization_report_per_variant(vanilla_transfer, generalization_run):
+    """A prompting baseline's report: the base model asked its way on both datasets (no
+    adapter), in its own folder; eagrl's report is untouched."""
+    result, out = vanilla_transfer
+    assert result.success
+    report = json.loads((out / "report.json").read_text())
+    assert report["variant"]["name"] == "vanilla"
+    for section in report["sections"].values():
+        assert set(section["models"]) == {"base_vanilla"}
+        assert section["models"]["base_vanilla"]["n_patients"] == 10
+    eagrl = json.loads((generalization_run[1] / "report.json").read_text())
+    assert eagrl["variant"]["name"] == "eagrl"
+    meta = result.asset_materializations_for_node("generalization_report")[0].metadata
+    assert meta["variant"].value == "vanilla"
+
+
+@pytest.mark.slow
+def test_generalization_report_names_the_missing_policy(evaluation_setup, generalization_run):
+    """A GRPO variant whose cells were never trained: the run fails naming the adapter and the
+    asset to materialize, before a model is loaded."""
+    config = {k: v for k, v in LLM_CONFIG.items() if k != "permutation_levels"}
+    result = materialize(
+        _evaluation_assets(),
+        selection=AssetSelection.assets("generalization_report"),
+        partition_key="grpo_only",
+        resources=evaluation_setup["resources"],
+        instance=evaluation_setup["instance"],
+        run_config={"ops": {"generalization_report": {"config": config}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.cause.message
+    assert "materialize rl_checkpoint[" in message and "|grpo_only]" in message
 
 
 @pytest.mark.slow
 def test_comparison_report_lines_up_what_was_evaluated(
-    evaluation_run, baseline_runs, generalization_run, evaluation_setup
+    evaluation_run, baseline_runs, generalization_run, vanilla_transfer, evaluation_setup
 ):
     """After one partition's cells (eagrl and the two prompting baselines) and the
     cross-dataset report: its column is filled, each row with the cell and runs it was read
@@ -365,12 +423,18 @@ def test_comparison_report_lines_up_what_was_evaluated(
     evaluated = evaluation.asset_materializations_for_node("evaluation_report")[0].metadata
     provenance = comparison["provenance"][PARTITION]
     for row in ("eagrl", "decomposition", "sft_only"):
-        assert provenance[row]["cell"] == CELL
+        assert provenance[row]["partition"] == CELL
         assert provenance[row]["mlflow_run_id"] == evaluated["mlflow_run_id"].value
         assert provenance[row]["dagster_run_id"] == evaluation.run_id
-    assert provenance["vanilla"]["cell"] == f"{PARTITION}|vanilla"
+    assert provenance["vanilla"]["partition"] == f"{PARTITION}|vanilla"
     assert provenance["vanilla"]["dagster_run_id"] == baseline_runs["vanilla"].run_id
-    assert set(comparison["generalization"]) == {"base", "sft", "rl"}
+    # Generalization rows are variants: eagrl's report transferred its start policies too.
+    transfer = comparison["generalization"]
+    assert set(transfer) == {"vanilla", "decomposition", "sft_only", "eagrl"}
+    assert set(transfer["eagrl"]) == {f"{PARTITION}_to_{OTHER}", f"{OTHER}_to_{PARTITION}"}
+    sources = comparison["provenance"]["generalization"]
+    assert sources["sft_only"]["partition"] == "eagrl"
+    assert sources["vanilla"]["dagster_run_id"] == vanilla_transfer[0].run_id
     markdown = (out / "report.md").read_text()
     assert "not materialized" in markdown and "Generalization" in markdown
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2

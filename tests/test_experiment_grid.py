@@ -13,6 +13,7 @@ def test_each_cell_scores_only_its_own_policy_and_the_profile_is_kept():
     grid = grid_profile(profile)
     evaluation = grid["ops"]["evaluation_report"]["config"]
     assert evaluation["score_start_policies"] is False
+    assert grid["ops"]["generalization_report"]["config"]["score_start_policies"] is False
     assert (
         evaluation["max_new_tokens"]
         == profile["ops"]["evaluation_report"]["config"]["max_new_tokens"]

@@ -59,7 +59,10 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
         )
     }
     assert {"cross_dataset_report", "experiment_grid"} <= jobs
-    assert repo.get_job("cross_dataset_report").partitions_def is None
+    # one run per method variant: its generalization report, then the comparison
+    assert set(repo.get_job("cross_dataset_report").partitions_def.get_partition_keys()) == set(
+        VARIANTS
+    )
     grid = repo.get_job("experiment_grid")
     assert grid.asset_layer.executable_asset_keys == {
         AssetKey("rl_checkpoint"),
@@ -262,7 +265,7 @@ def test_default_cell_follows_each_partition_run(defs):
 
 
 def test_cross_dataset_report_waits_for_both_mortality_reports():
-    """The generalization report needs the default variant's cells of both mortality
+    """A variant's generalization report needs that variant's cells of both mortality
     partitions; the comparison follows every cell's evaluation (alone until the pair is
     complete)."""
     from dagster import AssetKey, SkipReason
@@ -280,10 +283,15 @@ def test_cross_dataset_report_waits_for_both_mortality_reports():
     both = {"tjh-mortality|eagrl", "mimic_iv-mortality|eagrl"}
     (request,) = cross_dataset_requests("tjh-mortality|eagrl", both, "r3")
     assert request.run_key == "r3:cross_dataset" and request.asset_selection is None
+    assert request.partition_key == "eagrl"  # the variant's generalization report
     assert request.tags["eagrl/upstream_run_id"] == "r3"
-    # another variant's cell refreshes the comparison only
+    # another variant's cell waits for that variant's pair, not eagrl's
     (other,) = cross_dataset_requests("tjh-mortality|sft_only", both, "r5")
     assert other.asset_selection == [AssetKey("comparison_report")]
+    assert "mimic_iv-mortality|sft_only" in other.tags["eagrl/why_comparison_only"]
+    pair = {"tjh-mortality|sft_only", "mimic_iv-mortality|sft_only"}
+    (sft_only,) = cross_dataset_requests("mimic_iv-mortality|sft_only", pair, "r6")
+    assert sft_only.partition_key == "sft_only" and sft_only.asset_selection is None
     assert isinstance(cross_dataset_requests(None, both, "r4"), SkipReason)
     assert isinstance(cross_dataset_requests("tjh-mortality", both, "r4"), SkipReason)
 
@@ -307,3 +315,4 @@ def test_cross_dataset_sensor_reads_the_instance(defs):
         )
         request, run_id = evaluate()
         assert request.run_key == f"{run_id}:cross_dataset"
+        assert request.partition_key == "eagrl"

@@ -110,6 +110,9 @@ def test_one_variants_settings_change_only_that_variants_cell_fingerprints(monke
         key = next(k for k in before if k.to_user_string() == asset)
         moved = {cell for cell in before[key] if before[key][cell] != after[key][cell]}
         assert moved == {f"{p}|eagrl_no_attention" for p in COHORTS}
+    transfer = next(k for k in before if k.to_user_string() == "generalization_report")
+    moved = {v for v in before[transfer] if before[transfer][v] != after[transfer][v]}
+    assert moved == {"eagrl_no_attention"}  # the variant's generalization report alone
     unchanged = [k for k in before if isinstance(before[k], str)]
     assert all(before[k] == after[k] for k in unchanged)
 

@@ -208,6 +208,35 @@ def variant_rows(
     return PartitionResults(report, predictions), sources
 
 
+def variant_generalization(
+    reports: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The per-variant generalization reports (variant -> its report JSON, None where never
+    materialized) as one generalization whose rows are the variants, plus which variant's
+    report each row was read from. As in ``variant_rows``, a policy that does not depend on the
+    variant (the base model in a style, the SFT adapters) may come from a report that
+    transferred it as a start policy; a GRPO policy only from its own variant's report."""
+    found = {name: report for name, report in reports.items() if report is not None}
+    sections: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for name, variant in VARIANTS.items():
+        own = [name] if name in found else []
+        others = [] if variant.trains_grpo else [v for v in found if v != name]
+        for source in own + others:
+            scored = found[source].get("sections") or {}
+            if not scored or any(
+                variant.report_row not in (section.get("models") or {})
+                for section in scored.values()
+            ):
+                continue
+            for direction, section in scored.items():
+                models = sections.setdefault(direction, {"models": {}})["models"]
+                models[name] = section["models"][variant.report_row]
+            sources[name] = source
+            break
+    return {"sections": sections}, sources
+
+
 def build_comparison(
     partitions: Mapping[str, PartitionResults | None],
     *,
@@ -223,7 +252,8 @@ def build_comparison(
     ``reference`` on the same test patients, AUROC/AUPRC at each permutation level, parse rate
     and mean Jaccard with the expert's top-k. ``partitions`` maps every requested dataset-task
     to its results, or None where its evaluation report was not materialized.
-    ``generalization`` (the generalization report's JSON) adds the cross-dataset rows.
+    ``generalization`` (a generalization report's JSON, or ``variant_generalization``'s rows)
+    adds the cross-dataset rows.
     ``methods`` None: every model the reports scored (``scored_methods``), at least
     ``DEFAULT_METHODS``."""
     if methods is None:
