@@ -76,8 +76,9 @@ def parent_partitions(context: AssetExecutionContext, parent: AssetKey) -> list[
     its own key, a grid cell's dataset-task, a variant's cells, a fixed pair; ``[None]`` for an
     unpartitioned parent or an unpartitioned step."""
     graph = context.job_def.asset_layer.asset_graph
-    if not graph.get(parent).is_partitioned or not context.has_partition_key:
-        return [None]
+    partitioned = graph.get(context.asset_key).is_partitioned and context.has_partition_key
+    if not graph.get(parent).is_partitioned or not partitioned:
+        return [None]  # an unpartitioned step, also in a partitioned run (comparison_report)
     mapped = graph.get_parent_partition_keys_for_child(
         context.partition_key, parent, context.asset_key
     )

@@ -311,12 +311,24 @@ def _transfer_dir(setup: dict, variant: str) -> Path:
 @pytest.fixture(scope="module")
 def vanilla_transfer(generalization_run, evaluation_setup):
     """The vanilla prompting baseline's generalization report, its own row only (the grid's
-    setting): written beside eagrl's, which it must leave alone."""
+    setting), written beside eagrl's, which it must leave alone; then the comparison in the
+    same variant-partitioned run, as the cross_dataset_report job runs them."""
     config = {k: v for k, v in LLM_CONFIG.items() if k != "permutation_levels"}
     config.update(max_test_patients=10, score_start_policies=False)
-    return _transfer(evaluation_setup, "vanilla", config), _transfer_dir(
-        evaluation_setup, "vanilla"
+    result = materialize(
+        _evaluation_assets(),
+        selection=AssetSelection.assets("generalization_report", "comparison_report"),
+        partition_key="vanilla",
+        resources=evaluation_setup["resources"],
+        instance=evaluation_setup["instance"],
+        run_config={
+            "ops": {
+                "generalization_report": {"config": config},
+                "comparison_report": {"config": {"bootstrap_resamples": 20}},
+            }
+        },
     )
+    return result, _transfer_dir(evaluation_setup, "vanilla")
 
 
 @pytest.mark.slow
@@ -366,6 +378,9 @@ def test_generalization_report_per_variant(vanilla_transfer, generalization_run)
     assert eagrl["variant"]["name"] == "eagrl"
     meta = result.asset_materializations_for_node("generalization_report")[0].metadata
     assert meta["variant"].value == "vanilla"
+    # the unpartitioned comparison ran in the same partitioned run (the job's shape)
+    (comparison,) = result.asset_materializations_for_node("comparison_report")
+    assert comparison.partition is None
 
 
 @pytest.mark.slow
