@@ -171,4 +171,8 @@ def test_generalization_rows_are_variants_read_from_each_variants_report():
     )
     assert set(comparison["generalization"]) == set(sources)
     assert comparison["generalization"]["decomposition"]["b_to_a"]["auroc"]["mean"] == 0.5
-    assert "Generalization" in render_comparison(comparison)["md"]
+    markdown = render_comparison(comparison)["md"]
+    table = markdown[markdown.index("## Generalization") :]
+    assert "| eagrl | 0.700 ± 0.100 | 0.700 ± 0.100 |" in table
+    assert "| expert | not applicable" in table  # a row of the table, never missing
+    assert "| sft_only | 0.600 ± 0.100 |" in table

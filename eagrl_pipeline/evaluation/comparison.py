@@ -384,22 +384,23 @@ def _tables(comparison: Mapping[str, Any]) -> list[_Table]:
     transfer = comparison["generalization"]
     if transfer:
         directions = sorted({d for row in transfer.values() for d in row})
+        methods = [*comparison["methods"], *(m for m in transfer if m not in comparison["methods"])]
+
+        def entry(method: str, direction: str) -> str:
+            if method == "expert":
+                return "not applicable (reads a fixed feature set)"
+            row = transfer.get(method) or {}
+            if direction not in row:
+                return NOT_MATERIALIZED
+            return _estimate((row[direction] or {}).get("auroc"), interval=False)
+
         tables.append(
             _Table(
                 "Generalization: trained on one dataset, tested on the other (AUROC)",
                 ["method", *directions],
-                [
-                    [
-                        method,
-                        *(
-                            _estimate((row.get(d) or {}).get("auroc"), interval=False)
-                            if d in row
-                            else NOT_MATERIALIZED
-                            for d in directions
-                        ),
-                    ]
-                    for method, row in transfer.items()
-                ],
+                [[method, *(entry(method, d) for d in directions)] for method in methods],
+                "A row per method: its policy trained on the first dataset answers the second's "
+                "test prompts (a prompting baseline: the base model asked its way on both).",
             )
         )
     return tables
