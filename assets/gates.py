@@ -4,11 +4,11 @@ Dagster skips the children of an asset whose blocking check fails *in the same r
 that starts below it (the weekly ``retrain`` job starts at the experts; a launchpad run of one
 stage; a backfill) would read the output that failed its gate. Every Python asset therefore calls
 :func:`require_passing_upstream_checks` first: it reads the blocking check results recorded with
-the latest materialization of each parent (the same partition of a partitioned parent, the
-dataset-task of a grid cell's shared stage; the project's checks are evaluated in the asset's
-own step) and refuses, naming the check and the fix, where one failed. (Declarative automation's
-``AutomationCondition.all_deps_blocking_checks_passed`` says the same for automated runs; this
-holds for every run, however launched.)
+the latest materialization of each parent partition the dependency's mapping draws (the same
+partition, the dataset-task of a grid cell's shared stage, a variant's cells; the project's
+checks are evaluated in the asset's own step) and refuses, naming the check and the fix, where
+one failed. (Declarative automation's ``AutomationCondition.all_deps_blocking_checks_passed``
+says the same for automated runs; this holds for every run, however launched.)
 
 A run tagged ``eagrl/failed_checks: report`` goes on with a warning instead: the learning study
 measures every stage and reports a failed gate in its table rather than stopping at it.
