@@ -28,10 +28,9 @@ from typing import Any
 from dagster import AssetKey, DagsterInstance
 
 import run_lineage
-from assets.partitions import COHORTS, cell_key
+from assets.partitions import COHORTS, GENERALIZATION_PARTITIONS, cell_key
 from definitions import EAGRL_HOME, defs
 from eagrl_pipeline.variants import VARIANTS
-from orchestration import CROSS_DATASET_PARTITIONS
 from staleness import cohort_relevance, job_asset_keys, planned_fingerprints, stale_or_missing
 
 # The CPU default's small grid: every prompting baseline, each stage alone, and EAG-RL.
@@ -97,7 +96,7 @@ def grid_pass(
             state[cell] = "ok" if ok and cell not in record.failed else "failed"
     generalization = [AssetKey("generalization_report")]
     for variant in variants:
-        pair = [str(cell_key(d, variant)) for d in CROSS_DATASET_PARTITIONS]
+        pair = [str(cell_key(d, variant)) for d in GENERALIZATION_PARTITIONS]
         if all(state.get(cell) == "ok" for cell in pair):
             todo = stale_or_missing(
                 instance, lineage, generalization, variant, cohort_relevance, planned

@@ -41,7 +41,14 @@ if TYPE_CHECKING:
         UnresolvedAssetJobDefinition,
     )
 
-from assets.partitions import COHORTS, cell_key, cell_partitions, cohort_partitions, split_cell
+from assets.partitions import (
+    COHORTS,
+    GENERALIZATION_PARTITIONS,
+    cell_key,
+    cell_partitions,
+    cohort_partitions,
+    split_cell,
+)
 from eagrl_pipeline.data import mimic_iv
 from eagrl_pipeline.data.fingerprints import stat_fingerprint
 from eagrl_pipeline.errors import InputDataError
@@ -262,8 +269,6 @@ def build_default_cell_sensor(
 
 # -- the cross-dataset reports after the grid cells ---------------------------------------------
 
-CROSS_DATASET_PARTITIONS = ("mimic_iv-mortality", "tjh-mortality")
-
 
 def cross_dataset_requests(
     cell: str | None, reported: set[str], run_id: str
@@ -279,7 +284,7 @@ def cross_dataset_requests(
         return SkipReason(f"partition {cell!r} is not a grid cell (dataset_task|variant)")
     if partition not in COHORTS:
         return SkipReason(f"partition {cell!r} is not a grid cell of a dataset-task")
-    pair = [str(cell_key(p, variant)) for p in CROSS_DATASET_PARTITIONS]
+    pair = [str(cell_key(p, variant)) for p in GENERALIZATION_PARTITIONS]
     if str(cell) in pair and all(c in reported for c in pair):
         return [RunRequest(partition_key=variant, run_key=f"{run_id}:cross_dataset", tags=tags)]
     missing = [c for c in pair if c not in reported]

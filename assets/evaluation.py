@@ -37,6 +37,7 @@ from assets.llm_inputs import (
 )
 from assets.partitions import (
     COHORTS,
+    GENERALIZATION_PARTITIONS,
     SHARED_STAGE,
     VARIANT_CELLS,
     cell_key,
@@ -90,7 +91,6 @@ from resources import Compute, EagrlHome, LanguageModel, MlflowTracking, Warehou
 
 # Report name -> the training asset whose adapter/ folder holds that policy.
 POLICY_ASSETS: dict[str, str] = {"sft": "sft_checkpoint", "rl": "rl_checkpoint"}
-GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortality")
 
 
 class LLMEvaluationConfig(Config):
@@ -500,6 +500,15 @@ def _variant_note(variant: Variant, rows: Sequence[str], dataset_task: str) -> l
     return lines
 
 
+def _variant_metadata(variant: Variant) -> dict[str, str]:
+    """The Dagster metadata naming the variant a report scored."""
+    return {
+        "variant": variant.name,
+        "variant_hash": variant.settings_hash(),
+        "variant_row": variant.report_row,
+    }
+
+
 def _auroc(report: Mapping[str, Any], name: str) -> float | None:
     result = report["models"][name]["auroc"]
     return None if result is None else result["mean"]
@@ -624,8 +633,7 @@ def evaluation_report(
         fallback_probability=config.fallback_probability,
         robustness_resamples=config.robustness_resamples,
     )
-    report = {**report, "variant": {"name": variant.name, "row": variant.report_row,
-                                    "settings_hash": variant.settings_hash()}}  # fmt: skip
+    report = {**report, "variant": variant.report_entry()}
     out_dir = home.artifact_dir("evaluation_report", cell)
     paths = write_report(out_dir, report, models, robustness)
     predictions_paths = [
@@ -652,7 +660,7 @@ def evaluation_report(
         },
         report_metrics(report),
         [*paths.values(), *predictions_paths],
-        tags={"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()},
+        tags=variant.mlflow_tags(),
     )
     headline = report["headline"]["average_pct"]
     if headline is not None:
@@ -664,9 +672,7 @@ def evaluation_report(
                 "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
                 **_paths_metadata(paths),
                 **{p.stem: MetadataValue.path(str(p)) for p in predictions_paths},
-                "variant": variant.name,
-                "variant_hash": variant.settings_hash(),
-                "variant_row": variant.report_row,
+                **_variant_metadata(variant),
                 "headline_rl_vs_base_pct": headline,
                 **{f"test_auroc_{m.name}": _auroc(report, m.name) for m in models},
                 "test_patients_llm": n_llm,
@@ -786,13 +792,7 @@ def generalization_report(
     }
     transfer_ab = transfers[f"{a}_to_{b}"]
     preface = [
-        f"Variant `{variant.name}` (settings {variant.settings_hash()}): {variant.description} "
-        f"Its policy is the row `{variant.report_row}`"
-        + (
-            f"; {', '.join(f'`{r}`' for r in rows[:-1])} are the policies it starts from."
-            if len(rows) > 1
-            else "."
-        ),
+        _variant_note(variant, rows, a)[0],
         f"Policies trained on one partition answer the other's test prompts unchanged; base is "
         f"{llm.model_dir(home.root)} zero-shot on the same prompts (a prompting baseline: the "
         "same model asked its way, trained on neither dataset).",
@@ -839,20 +839,14 @@ def generalization_report(
         metrics.update(report_metrics(report, f"{datasets[source]}_to_{datasets[target]}."))
 
     out_dir = home.artifact_dir("generalization_report", variant.name)
-    variant_entry = {
-        "name": variant.name,
-        "row": variant.report_row,
-        "settings_hash": variant.settings_hash(),
-    }
     paths = write_combined_report(
         out_dir,
         f"EAG-RL generalization: {a} <-> {b}, variant {variant.name}",
         preface,
         sections,
-        {"variant": variant_entry, "expert": transfers},
+        {"variant": variant.report_entry(), "expert": transfers},
     )
     predictions_path = _write_parquet(_records(answers), out_dir / "llm_predictions.parquet")
-    tags = {"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()}
     run_id = _log_mlflow(
         context,
         mlflow_tracking,
@@ -868,15 +862,13 @@ def generalization_report(
         },
         metrics,
         [*paths.values(), predictions_path],
-        tags=tags,
+        tags=variant.mlflow_tags(),
     )
     metadata: dict[str, Any] = {
         "report": MetadataValue.md(paths["md"].read_text(encoding="utf-8")),
         **_paths_metadata(paths),
         "llm_predictions": MetadataValue.path(str(predictions_path)),
-        "variant": variant.name,
-        "variant_hash": variant.settings_hash(),
-        "variant_row": variant.report_row,
+        **_variant_metadata(variant),
         "shared_features": len(transfer_ab["shared_features"]),
         "expert": "not applicable (see report)",
         "guided": config.guided,

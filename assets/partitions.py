@@ -26,6 +26,8 @@ from eagrl_pipeline.variants import DEFAULT_VARIANT, VARIANTS
 
 COHORTS: tuple[str, ...] = ("tjh-mortality", "mimic_iv-mortality", "mimic_iv-readmission")
 cohort_partitions = StaticPartitionsDefinition(list(COHORTS))
+# The generalization report's pair: policies trained on one answer the other's test prompts.
+GENERALIZATION_PARTITIONS: tuple[str, str] = ("mimic_iv-mortality", "tjh-mortality")
 
 DATASET_TASK, VARIANT = "dataset_task", "variant"
 variant_partitions = StaticPartitionsDefinition(list(VARIANTS))

@@ -576,7 +576,7 @@ def rl_checkpoint(
         context,
         experiment=f"grpo/{dataset_task}",
         run_name=str(context.partition_key),
-        tags=variant_tags(variant),
+        tags=variant.mlflow_tags(),
     ) as run:
         mlflow.log_params({"device": device, "precision": precision, "n_prompts": len(rows)})
         spec = grpo_spec(
@@ -675,11 +675,6 @@ def given_config(context: AssetExecutionContext) -> set[str]:
     fills the defaults, and even marks some of them as set)."""
     ops = (context.run.run_config or {}).get("ops") or {}
     return set((ops.get(context.op_execution_context.op.name) or {}).get("config") or {})
-
-
-def variant_tags(variant: Variant) -> dict[str, str]:
-    """MLflow tags of a cell's runs: MLflow's run comparison lines the variants up by these."""
-    return {"eagrl.variant": variant.name, "eagrl.variant_hash": variant.settings_hash()}
 
 
 def variant_manifest(variant: Variant) -> dict[str, object]:

@@ -80,6 +80,14 @@ class Variant:
             "grpo": dict(sorted(self.grpo.items())),
         }
 
+    def mlflow_tags(self) -> dict[str, str]:
+        """Tags of every MLflow run of the variant: MLflow's run comparison lines variants up."""
+        return {"eagrl.variant": self.name, "eagrl.variant_hash": self.settings_hash()}
+
+    def report_entry(self) -> dict[str, str]:
+        """What a report records of the variant it scored."""
+        return {"name": self.name, "row": self.report_row, "settings_hash": self.settings_hash()}
+
     def settings_hash(self) -> str:
         """Twelve hex digits of the fixed settings (not the description: rewording a variant's
         description does not make it another method)."""

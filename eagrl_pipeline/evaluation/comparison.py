@@ -160,6 +160,13 @@ def scored_methods(partitions: Mapping[str, PartitionResults | None]) -> list[st
     return sorted(names, key=rank)
 
 
+def _sources(name: str, found: Mapping[str, Any]) -> list[str]:
+    """Where variant ``name``'s row may be read, in order: its own output, then, for a policy
+    that does not depend on the variant (no GRPO), any other variant's output."""
+    own = [name] if name in found else []
+    return own + ([] if VARIANTS[name].trains_grpo else [v for v in found if v != name])
+
+
 def variant_rows(
     cells: Mapping[str, PartitionResults | None],
 ) -> tuple[PartitionResults | None, dict[str, str]]:
@@ -190,9 +197,7 @@ def variant_rows(
         sources[name] = source
 
     for name, variant in VARIANTS.items():
-        own = [name] if name in found else []
-        others = [] if variant.trains_grpo else [c for c in found if c != name]
-        for source in own + others:
+        for source in _sources(name, found):
             if variant.report_row in (found[source].report.get("models") or {}):
                 take(found[source], variant.report_row, name, source)
                 break
@@ -220,9 +225,7 @@ def variant_generalization(
     sections: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
     for name, variant in VARIANTS.items():
-        own = [name] if name in found else []
-        others = [] if variant.trains_grpo else [v for v in found if v != name]
-        for source in own + others:
+        for source in _sources(name, found):
             scored = found[source].get("sections") or {}
             if not scored or any(
                 variant.report_row not in (section.get("models") or {})
