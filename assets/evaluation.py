@@ -83,6 +83,7 @@ from eagrl_pipeline.evaluation.report import (
 )
 from eagrl_pipeline.evaluation.robustness import PERMUTATION_LEVELS
 from eagrl_pipeline.experts import load_expert
+from eagrl_pipeline.llm.generation import policy_format
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.progress import progress_bar
 from eagrl_pipeline.prompts import PROMPTING_BASELINES, FeatureMatcher, baseline_prompt
@@ -243,9 +244,10 @@ def cell_policies(
             continue
         partition = dataset_task if row == "sft" else str(cell_key(dataset_task, variant.name))
         path = home.artifact_path(POLICY_ASSETS[row], partition) / "adapter"
-        if not (path / "adapter_config.json").is_file():
+        if policy_format(path) is None:
             raise FileNotFoundError(
-                f"no LoRA adapter at {path} (adapter_config.json missing): materialize "
+                f"no trained policy at {path} (neither adapter_config.json nor config.json): "
+                "materialize "
                 f"{POLICY_ASSETS[row]}[{partition}] first."
             )
         adapters[row] = path

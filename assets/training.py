@@ -37,6 +37,7 @@ from assets.partitions import (
 from assets.tags import GPU_OP_TAGS
 from assets.versioning import versioned
 from eagrl_pipeline.evaluation.metrics import paired_bootstrap_difference
+from eagrl_pipeline.llm.generation import policy_format
 from eagrl_pipeline.llm.guided import ScaffoldConfig
 from eagrl_pipeline.paths import atomic_path
 from eagrl_pipeline.prompts import FeatureMatcher
@@ -70,6 +71,14 @@ class SFTCheckpointConfig(Config):
         "little regularisation over one or two epochs of a few hundred trajectories.",
     )
     merge_adapter: bool = Field(default=False, description="Also save a merged model folder.")
+    finetune: Literal["lora", "full"] = Field(
+        default="lora",
+        description="'lora': a LoRA adapter (lora_r, lora_alpha) on the frozen base model. "
+        "'full': every weight trains (fp32 master weights; bf16 autocast on bf16 runs) and the "
+        "policy folder holds the whole model; GRPO then trains a fresh adapter on it and merges "
+        "it in. A small model learns to rank patients from all its weights far sooner than "
+        "from a rank-8 adapter (README, 'How far the answer alone can go').",
+    )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
     parse_sample: int = Field(
         default=2, description="Validation prompts generated to report the parseable fraction."
@@ -99,6 +108,7 @@ class SFTCheckpointConfig(Config):
             gradient_checkpointing=self.gradient_checkpointing,
             seed=self.seed,
             merge_adapter=self.merge_adapter,
+            finetune=self.finetune,
             lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout),
             answer_loss_weight=self.answer_loss_weight,
         )
@@ -419,8 +429,9 @@ def sft_checkpoint(
     warehouse: Warehouse,
     mlflow_tracking: MlflowTracking,
 ):
-    """Stage 1: a LoRA adapter distilled from the MCTS trajectories (trl SFTTrainer, loss on the
-    completion only), with the base model's eval loss on the same held-out patients."""
+    """Stage 1: a LoRA adapter (or, with ``finetune: full``, the whole model) distilled from the
+    MCTS trajectories (trl SFTTrainer, loss on the completion only), with the base model's eval
+    loss on the same held-out patients."""
     require_passing_upstream_checks(context)
     import mlflow
 
@@ -439,7 +450,14 @@ def sft_checkpoint(
     out_dir = home.artifact_dir("sft_checkpoint", partition)
     model_dir = llm.model_dir(home.root)
     with mlflow_tracking.run(context, experiment=f"sft/{partition}", run_name=partition) as run:
-        mlflow.log_params({"device": device, "precision": precision, "n_train": len(train)})
+        mlflow.log_params(
+            {
+                "device": device,
+                "precision": precision,
+                "n_train": len(train),
+                "finetune": settings.finetune,
+            }
+        )
         spec = sft_spec(
             model_dir, train, held_out, settings, out_dir / "staged",
             device=device, precision=precision, report_to=["mlflow"],
@@ -464,7 +482,12 @@ def sft_checkpoint(
         )
         mlflow.log_artifacts(outcome["adapter_dir"], artifact_path="adapter")
         run_id = run.info.run_id
-    manifest = {**outcome, "mlflow_run_id": run_id, "val_parse_fraction": parse_fraction}
+    manifest = {
+        **outcome,
+        "mlflow_run_id": run_id,
+        "val_parse_fraction": parse_fraction,
+        "finetune": settings.finetune,
+    }
     history = manifest.pop("log_history")
     manifest["train_loss_per_step"] = [e["loss"] for e in history if "loss" in e]
     adapter = _publish(Path(outcome["adapter_dir"]), out_dir, manifest)
@@ -482,6 +505,7 @@ def sft_checkpoint(
                 "steps": outcome["global_step"],
                 "resumed_from": outcome["resumed_from"] or "",
                 "val_parse_fraction": parse_fraction,
+                "finetune": settings.finetune,
                 "device": device,
                 "precision": precision,
             }
@@ -700,9 +724,9 @@ def _policy_pointer(
     if variant.policy == "sft":
         require_passing_upstream_checks(context)
         adapter = home.artifact_path("sft_checkpoint", dataset_task) / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
+        if policy_format(adapter) is None:
             raise FileNotFoundError(
-                f"no LoRA adapter at {adapter}: materialize sft_checkpoint[{dataset_task}] before "
+                f"no SFT policy at {adapter}: materialize sft_checkpoint[{dataset_task}] before "
                 f"the {variant.name} cell"
             )
     manifest = {**variant_manifest(variant), "adapter_dir": str(adapter) if adapter else None}

@@ -110,6 +110,37 @@ def test_sft_two_steps_change_the_adapter(tiny_dir: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_full_sft_trains_every_weight_and_writes_a_whole_model(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """finetune='full': no adapter; the policy folder is a model that load_model reads in the
+    base model's place, with the trained weights (fp32 master weights, so two small steps
+    survive), and the base loss is measured on the same held-out tokens before training."""
+    from eagrl_pipeline.llm.generation import load_model, policy_format
+
+    train, held_out = split_by_patient(_records(), 0.25, seed=0)
+    settings = SFTSettings(max_steps=2, learning_rate=1e-3, finetune="full")
+    out = train_sft(tiny_dir, train, held_out, settings, tmp_path)
+    assert out.global_step == 2 and policy_format(out.adapter_dir) == "full"
+    assert not (out.adapter_dir / "adapter_config.json").exists()
+    base, trained = (
+        load_file(tiny_dir / "model.safetensors"),
+        load_file(out.adapter_dir / "model.safetensors"),
+    )
+    changed = [k for k in base if not torch.equal(base[k].float(), trained[k].float())]
+    assert len(changed) > len(base) // 2, f"a full fine-tune changed only {changed}"
+    assert out.base_eval_loss > 0 and out.eval_loss != out.base_eval_loss
+    model, _ = load_model(tiny_dir, "cpu", "fp32", adapter_dir=out.adapter_dir)
+    key = next(k for k in changed if "mlp" in k)
+    assert torch.equal(model.state_dict()[key], trained[key].float())
+    with pytest.raises(ValueError, match="merge_adapter"):
+        SFTSettings(finetune="full", merge_adapter=True)
+    with pytest.raises(ValueError, match="finetune"):
+        SFTSettings(finetune="partial")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="neither a LoRA adapter"):
+        load_model(tiny_dir, "cpu", "fp32", adapter_dir=tmp_path / "empty")
+
+
 def test_sft_lowers_the_held_out_loss(sft_run) -> None:
     assert sft_run.eval_loss < sft_run.base_eval_loss
     assert sft_run.n_eval > 0 and sft_run.train_loss is not None
@@ -255,6 +286,33 @@ def test_grpo_from_the_base_model_trains_a_fresh_adapter(
         train_grpo(model_dir, sft_run.adapter_dir, _rows(), matcher, settings, tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="start_from='base'"):
         train_grpo(model_dir, None, _rows(), matcher, GRPOSettings(max_steps=1), tmp_path / "y")
+
+
+def test_grpo_from_a_full_sft_model_writes_the_merged_model(
+    tiny_dir: Path, sft_run, tmp_path: Path
+) -> None:
+    """GRPO from a fully fine-tuned SFT model: a fresh adapter on that model (not on the base
+    model), merged in when saved, so the RL policy folder is a whole model that differs from
+    the SFT model's weights. The SFT model is the tiny model with the fixture's adapter merged
+    (it writes the format, so groups have reward spread)."""
+    from eagrl_pipeline.llm.generation import policy_format
+
+    sft_model = _merged(tiny_dir, sft_run.adapter_dir, tmp_path / "sft_full")
+    assert policy_format(sft_model) == "full"
+    settings = GRPOSettings(
+        lora_r=4, lora_alpha=8, max_steps=2, num_iterations=2, max_completion_length=64,
+        learning_rate=1e-2,
+    )  # fmt: skip
+    matcher = FeatureMatcher.build(FEATURES)
+    out = train_grpo(tiny_dir, sft_model, _rows(), matcher, settings, tmp_path / "rl")
+    assert policy_format(out.adapter_dir) == "full"
+    spread = out.metric_series("frac_reward_zero_std")
+    assert spread and min(spread) < 1.0, "no group had reward spread: the test proves nothing"
+    before = load_file(sft_model / "model.safetensors")
+    after = load_file(out.adapter_dir / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("proj" in k for k in changed), changed
 
 
 def test_interrupted_grpo_resumes_from_its_checkpoint(

@@ -377,3 +377,24 @@ def test_publish_moves_a_staged_merged_model_and_drops_a_stale_one(tmp_path):
     _publish(stage(merged=False), out, {"global_step": 2})
     assert json.loads((out / "manifest.json").read_text())["merged_dir"] is None
     assert not (out / "merged").exists()
+
+
+def test_a_fully_fine_tuned_policy_is_read_where_an_adapter_would_be(tmp_path):
+    """finetune: full reaches the SFT settings, and the evaluation accepts a policy folder that
+    holds a whole model (config.json) as it accepts a LoRA adapter; a folder with neither is
+    refused with the asset to materialize."""
+    from assets.evaluation import cell_policies
+    from assets.training import SFTCheckpointConfig
+    from eagrl_pipeline.variants import get_variant
+    from resources import EagrlHome
+
+    assert SFTCheckpointConfig(finetune="full").settings().finetune == "full"
+    assert SFTCheckpointConfig().settings().finetune == "lora"
+    home = EagrlHome(path=str(tmp_path))
+    sft = home.artifact_path("sft_checkpoint", PARTITION) / "adapter"
+    sft.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"materialize sft_checkpoint\["):
+        cell_policies(home, PARTITION, get_variant("sft_only"), with_start=False)
+    (sft / "config.json").write_text("{}")
+    policies = cell_policies(home, PARTITION, get_variant("sft_only"), with_start=False)
+    assert policies == {"sft": sft}

@@ -148,6 +148,23 @@ def dtype_choice(dtype: DTypeName | str, device: torch.device) -> dict[str, Any]
     return out
 
 
+PolicyFormat = Literal["lora", "full"]
+
+
+def policy_format(folder: str | Path | None) -> PolicyFormat | None:
+    """What a trained policy folder holds: a LoRA adapter (``adapter_config.json``, applied to
+    the model it was trained on) or a whole fine-tuned model (``config.json``, loaded in its
+    place); None where it holds neither. SFT and GRPO write one or the other (``finetune``)."""
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        return "lora"
+    if (folder / "config.json").is_file():
+        return "full"
+    return None
+
+
 def load_model(
     path: str | Path,
     device: str = "auto",
@@ -157,10 +174,17 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load a local model folder for generation: eval mode, left padding, a pad token.
 
-    With ``adapter_dir`` (a LoRA folder from the SFT or GRPO stage) the adapter is merged into
-    the weights, so every policy variant generates at the base model's speed.
+    With ``adapter_dir`` (a policy folder from the SFT or GRPO stage) a LoRA adapter is merged
+    into the weights, so every policy variant generates at the base model's speed; a whole
+    fine-tuned model is loaded instead of the base model (the tokenizer stays the base's).
     """
     target = resolve_device(device)
+    kind = policy_format(adapter_dir)
+    if adapter_dir is not None and kind is None:
+        raise FileNotFoundError(
+            f"{adapter_dir} holds neither a LoRA adapter (adapter_config.json) nor a model "
+            "(config.json): materialize the stage that trains it first"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -168,8 +192,8 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, target), "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if adapter_dir is not None:
+    model = AutoModelForCausalLM.from_pretrained(adapter_dir if kind == "full" else path, **kwargs)
+    if kind == "lora":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

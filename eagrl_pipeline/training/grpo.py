@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import LogitsProcessorList
 
+from eagrl_pipeline.llm.generation import policy_format
 from eagrl_pipeline.llm.guided import ResponseScaffold, ScaffoldConfig
 from eagrl_pipeline.progress import training_progress
 from eagrl_pipeline.prompts.features import FeatureMatcher
@@ -341,19 +342,25 @@ def summarize_log_history(
 
 @dataclass(frozen=True)
 class _StartPolicy:
-    """The policy GRPO starts from: the SFT adapter, or a fresh adapter on the base model."""
+    """The policy GRPO starts from: the SFT adapter, or a fresh adapter on the base model, or a
+    fresh adapter on a fully fine-tuned SFT model (merged into it when saved, so the GRPO
+    policy folder is a whole model too and every reader loads it the same way)."""
 
     settings: GRPOSettings
     adapter_dir: Path | None
     digest: str
+    on_full_model: bool = False
 
     def load(self, model_dir: str | Path, precision: str) -> Any:
         from peft import PeftModel, get_peft_model
 
         from eagrl_pipeline.training.sft import LoraSettings
 
-        base = load_policy_model(model_dir, precision)
-        if self.adapter_dir is not None:
+        if self.on_full_model:
+            base = load_policy_model(self.adapter_dir, precision, trains_weights=True)
+        else:
+            base = load_policy_model(model_dir, precision)
+        if self.adapter_dir is not None and not self.on_full_model:
             return PeftModel.from_pretrained(base, str(self.adapter_dir), is_trainable=True)
         import torch
 
@@ -370,16 +377,17 @@ def _start_policy(sft_adapter_dir: str | Path | None, settings: GRPOSettings) ->
                 "(or set start_from='sft' to continue it)"
             )
         return _StartPolicy(settings, None, "base")
-    if sft_adapter_dir is None or not (Path(sft_adapter_dir) / "adapter_config.json").exists():
+    kind = policy_format(sft_adapter_dir)
+    if sft_adapter_dir is None or kind is None:
         raise FileNotFoundError(
-            f"{sft_adapter_dir} holds no LoRA adapter (adapter_config.json); materialize "
-            "sft_checkpoint for this partition first, or start GRPO from the base model "
-            "(start_from='base')"
+            f"{sft_adapter_dir} holds no SFT policy (a LoRA adapter's adapter_config.json or a "
+            "model's config.json); materialize sft_checkpoint for this partition first, or "
+            "start GRPO from the base model (start_from='base')"
         )
     adapter = hashlib.sha256()
     for path in sorted(p for p in Path(sft_adapter_dir).iterdir() if p.is_file()):
         adapter.update(path.read_bytes())
-    return _StartPolicy(settings, Path(sft_adapter_dir), adapter.hexdigest())
+    return _StartPolicy(settings, Path(sft_adapter_dir), adapter.hexdigest(), kind == "full")
 
 
 def train_grpo(
@@ -433,7 +441,8 @@ def train_grpo(
     trainer.train(resume_from_checkpoint=resume)
     adapter_dir = output_dir / "adapter"
     with atomic_path(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+        policy = trainer.model.merge_and_unload() if start.on_full_model else trainer.model
+        policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     history = [
         {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}

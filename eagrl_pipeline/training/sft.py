@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from eagrl_pipeline.errors import InputDataError
 from eagrl_pipeline.paths import atomic_path
@@ -65,6 +65,9 @@ class SFTSettings:
     gradient_checkpointing: bool = False
     seed: int = 0
     merge_adapter: bool = False
+    # "lora": a LoRA adapter on the frozen base model; "full": every weight trains (fp32 master
+    # weights, bf16 autocast where the run is bf16) and the policy folder holds the whole model.
+    finetune: Literal["lora", "full"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     answer_loss_weight: float = 1.0
     # The calling stage's code version: part of the run fingerprint, so a resumable checkpoint
@@ -78,6 +81,13 @@ class SFTSettings:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.max_steps == 0 or self.num_train_epochs <= 0:
             raise ValueError("max_steps must be -1 (use epochs) or >= 1, and epochs > 0")
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.finetune == "full" and self.merge_adapter:
+            raise ValueError(
+                "merge_adapter applies to finetune='lora' only: a full fine-tune already "
+                "writes the whole model; drop merge_adapter"
+            )
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -284,12 +294,14 @@ def run_fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def load_policy_model(model_dir: str | Path, precision: str) -> Any:
-    """The base model for training: bf16 weights on bf16 runs, fp32 otherwise."""
+def load_policy_model(model_dir: str | Path, precision: str, trains_weights: bool = False) -> Any:
+    """The model to train: bf16 weights on bf16 runs, fp32 otherwise. ``trains_weights`` (a
+    full fine-tune, or a model an adapter will be merged into) keeps fp32 master weights under
+    bf16 autocast: an update of lr x gradient is mostly below a bf16 weight's rounding step."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if precision == "bf16" and not trains_weights else torch.float32
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
 
 
@@ -340,10 +352,13 @@ def train_sft(
     report_to: Sequence[str] = ("none",),
     callbacks: Sequence[Any] = (),
 ) -> SFTOutcome:
-    """Train the adapter; write ``adapter/`` (and ``merged/``) under ``output_dir`` atomically.
+    """Train the policy; write ``adapter/`` (and ``merged/``) under ``output_dir`` atomically:
+    a LoRA adapter, or with ``finetune="full"`` the whole model (see ``policy_format``).
 
     Checkpoints go to ``output_dir/runs/<fingerprint>``; a run with the same settings and data
-    resumes from the last one, and the folder is removed once the adapter is written.
+    resumes from the last one, and the folder is removed once the policy is written. The base
+    model's held-out loss is measured before training, on the same tokens (a fresh LoRA adapter
+    is the identity, so it equals the loss with the adapter switched off).
     """
     from datasets import Dataset
 
@@ -353,8 +368,9 @@ def train_sft(
     resume = last_checkpoint(run_dir)
     tokenizer = load_tokenizer(model_dir)
     weighted = settings.answer_loss_weight != 1.0
+    full = settings.finetune == "full"
     trainer = _answer_weighted_trainer()(
-        model=load_policy_model(model_dir, precision),
+        model=load_policy_model(model_dir, precision, trains_weights=full),
         answer_loss=AnswerWeightedLoss(tokenizer, settings.answer_loss_weight)
         if weighted
         else None,
@@ -364,7 +380,7 @@ def train_sft(
         train_dataset=Dataset.from_list([conversation(r) for r in train_records]),
         eval_dataset=Dataset.from_list([conversation(r) for r in eval_records]),
         processing_class=tokenizer,
-        peft_config=settings.lora.peft_config(),
+        peft_config=None if full else settings.lora.peft_config(),
         callbacks=[*callbacks, training_progress("SFT")],
     )
     for name, data in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
@@ -374,10 +390,9 @@ def train_sft(
                 f"no {name} trajectory keeps any completion token within max_length="
                 f"{settings.max_length}; raise max_length or lower llm_prompts max_tokens.",
             )
+    base_eval_loss = float(trainer.evaluate(metric_key_prefix="base_eval")["base_eval_loss"])
     result = trainer.train(resume_from_checkpoint=resume)
     eval_loss = float(trainer.evaluate(metric_key_prefix="eval")["eval_loss"])
-    with trainer.model.disable_adapter():
-        base_eval_loss = float(trainer.evaluate(metric_key_prefix="base_eval")["base_eval_loss"])
     adapter_dir = output_dir / "adapter"
     with atomic_path(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp)
