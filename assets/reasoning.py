@@ -1,6 +1,7 @@
 """Reasoning stage 1 data: the base language model, the patient prompts, the base model's
 zero-shot predictions (the "base" row of the reports) and the MCTS trajectory sets."""
 
+import dataclasses
 import math
 from dataclasses import asdict
 
@@ -407,6 +408,15 @@ class TrajectoriesConfig(Config):
         "holds 2 positives and keeps at most 2 trajectories.",
     )
     n_simulations: int = Field(default=4, description="MCTS simulations per patient.")
+    retry_simulations: int = Field(
+        default=0,
+        ge=0,
+        description="A patient whose search found no right answer is searched once more with "
+        "this many simulations (a fresh tree with its own seed), and the two searches' "
+        "trajectories are pooled (0: off). The patients the model gets wrong are the ones SFT "
+        "most needs, and class balancing drops as many of the other class. The best-of-N "
+        "comparison stays on the first search (equal budget).",
+    )
     branching: int = Field(default=2, description="Candidate next steps per expansion (k).")
     max_depth: int = Field(
         default=2, ge=0, description="Reasoning steps before the final block is forced."
@@ -537,7 +547,9 @@ def mcts_trajectories(
         MCTSConfig,
         PatientTask,
         compare_with_sampling,
+        has_right_answer,
         is_correct_side,
+        pool_results,
         random_rollouts,
         run_search_resumable,
         select_trajectories,
@@ -595,10 +607,13 @@ def mcts_trajectories(
     # The checkpoint is keyed by the search settings and the code version, so a resumed run
     # never mixes settings, or results of other code.
     code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
-    settings = json.dumps(
-        {**config.model_dump(), "model": str(llm.model_dir(home.root)), "code": code_version}
-    )
-    checkpoint = out_dir / f"search-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.jsonl"
+    settings = {
+        **config.model_dump(exclude={"retry_simulations"}),
+        "model": str(llm.model_dir(home.root)),
+        "code": code_version,
+    }
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+    checkpoint = out_dir / f"search-{key}.jsonl"
     results = run_search_resumable(
         patients, proposer, scorer, search, checkpoint_path=checkpoint,
         batch_patients=config.batch_patients,
@@ -624,6 +639,31 @@ def mcts_trajectories(
         comparison = compare_with_sampling(
             [r for r in results if r.patient_key in compared], sampled, labels, config.answer_margin
         )
+    missed = [
+        p
+        for p, r in zip(patients, results, strict=True)
+        if not has_right_answer(r, labels[p.key], config.answer_margin)
+    ]
+    retried: dict[str, int] = {"0": 0, "1": 0}
+    if config.retry_simulations and missed:
+        for p in missed:
+            retried[str(labels[p.key])] += 1
+        retry = run_search_resumable(
+            missed,
+            proposer,
+            scorer,
+            # seed + 2: the first search has seed, the best-of-N sampling seed + 1
+            dataclasses.replace(
+                search, n_simulations=config.retry_simulations, seed=config.seed + 2
+            ),
+            checkpoint_path=out_dir / f"retry-{key}-{config.retry_simulations}.jsonl",
+            batch_patients=config.batch_patients,
+        )
+        second = {r.patient_key: r for r in retry}
+        results = [
+            pool_results(r, second[r.patient_key]) if r.patient_key in second else r
+            for r in results
+        ]
     kept = select_trajectories(
         results,
         labels,
@@ -653,11 +693,7 @@ def mcts_trajectories(
         label: sum(
             1
             for r in results
-            if labels[r.patient_key] == label
-            and any(
-                t.valid and is_correct_side(t.probability, label, config.answer_margin)
-                for t in r.trajectories
-            )
+            if labels[r.patient_key] == label and has_right_answer(r, label, config.answer_margin)
         )
         for label in (0, 1)
     }
@@ -675,6 +711,7 @@ def mcts_trajectories(
                 "patients_searched_by_class": MetadataValue.json(
                     {str(k): v for k, v in searched.items()}
                 ),
+                "patients_retried_by_class": MetadataValue.json(retried),
                 "patients_with_right_answer_by_class": MetadataValue.json(
                     {str(k): v for k, v in right_patients.items()}
                 ),

@@ -23,7 +23,9 @@ from eagrl_pipeline.mcts import (
     Trajectory,
     TreeStats,
     compare_with_sampling,
+    has_right_answer,
     load_checkpoint,
+    pool_results,
     random_rollouts,
     run_search,
     run_search_resumable,
@@ -290,6 +292,29 @@ def test_a_wrong_side_trajectory_is_never_kept(margin: float) -> None:
         assert (
             (r["probability"] > 0.5 + margin) if r["label"] else (r["probability"] < 0.5 - margin)
         )
+
+
+def test_a_second_search_is_pooled_with_the_first() -> None:
+    """A patient searched again: both searches' trajectories, in order, the better best
+    reward, statistics added (simulation-weighted means); a right answer found only by the
+    second search makes the pooled patient keepable."""
+    wrong = _result("pos1", [0.4, 0.3], probability=0.2)
+    wrong = replace(wrong, stats=replace(wrong.stats, simulations=2, mean_rollout_reward=0.0))
+    right = _result("pos1", [0.1], probability=0.9)
+    right = replace(right, stats=replace(right.stats, simulations=6, mean_rollout_reward=1.0))
+    assert not has_right_answer(wrong, 1) and has_right_answer(right, 1)
+    assert not has_right_answer(right, 1, margin=0.45)
+    pooled = pool_results(wrong, right)
+    assert [t.reward for t in pooled.trajectories] == [0.4, 0.3, 0.1]
+    assert pooled.best_reward == 0.4 and pooled.stats.simulations == 8
+    assert pooled.stats.complete_responses == 3
+    assert pooled.stats.mean_rollout_reward == pytest.approx(0.75)
+    assert has_right_answer(pooled, 1)
+    records = select_trajectories([pooled], {"pos1": 1}, top_k=1, min_reward=-1.0,
+                                  target_per_class=1)  # fmt: skip
+    assert [(r["reward"], r["probability"]) for r in records] == [(0.1, 0.9)]
+    with pytest.raises(ValueError, match="pooling"):
+        pool_results(wrong, _result("pos2", [0.1]))
 
 
 def test_search_beats_best_of_n_sampling_at_equal_budget() -> None:

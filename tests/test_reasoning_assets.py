@@ -167,3 +167,16 @@ def test_mcts_trajectories_search_gate_and_resume(reasoning_run, experts_run):
         .value
         == 4
     )
+
+    # A second search for the patients without a right answer (all four here): its own
+    # checkpoint; the first search is reused, not redone (its key leaves the retry out).
+    config["retry_simulations"] = 1
+    third = run()
+    meta = third.asset_materializations_for_node("mcts_trajectories")[0].metadata
+    retried = meta["patients_retried_by_class"].value
+    assert sum(retried.values()) == 4 and retried == meta["patients_searched_by_class"].value
+    assert list(out.glob("search-*.jsonl")) == [checkpoint]
+    assert checkpoint.read_text().splitlines() == lines
+    (retry,) = out.glob("retry-*.jsonl")
+    assert len(retry.read_text().splitlines()) == 4
+    assert meta["valid_complete_responses"].value == 0  # the random model, still unparseable

@@ -473,6 +473,46 @@ def random_rollouts(
     return out
 
 
+def has_right_answer(result: SearchResult, label: int, margin: float = 0.0) -> bool:
+    """Whether any parseable trajectory of the search answers on the label's side of 0.5."""
+    return any(
+        t.valid and is_correct_side(t.probability, label, margin) for t in result.trajectories
+    )
+
+
+def pool_results(first: SearchResult, second: SearchResult) -> SearchResult:
+    """One patient's two searches as one: trajectories of both (first search first), the best
+    reward of either, the tree statistics added up (depth: the deeper; means: weighted by
+    simulations). Used where a patient without a right answer is searched again."""
+    if first.patient_key != second.patient_key:
+        raise ValueError(f"pooling {first.patient_key!r} with {second.patient_key!r}")
+    a, b = first.stats, second.stats
+
+    def mean(x: float | None, y: float | None) -> float | None:
+        parts = [(v, n) for v, n in ((x, a.simulations), (y, b.simulations)) if v is not None]
+        total = sum(n for _, n in parts)
+        return sum(v * n for v, n in parts) / total if parts and total else None
+
+    rewards = [r for r in (first.best_reward, second.best_reward) if r is not None]
+    stats = TreeStats(
+        nodes=a.nodes + b.nodes,
+        max_depth_reached=max(a.max_depth_reached, b.max_depth_reached),
+        simulations=a.simulations + b.simulations,
+        expand_requests=a.expand_requests + b.expand_requests,
+        rollout_requests=a.rollout_requests + b.rollout_requests,
+        scorer_calls=a.scorer_calls + b.scorer_calls,
+        complete_responses=a.complete_responses + b.complete_responses,
+        mean_rollout_reward=mean(a.mean_rollout_reward, b.mean_rollout_reward),
+        mean_simulation_reward=mean(a.mean_simulation_reward, b.mean_simulation_reward),
+    )
+    return SearchResult(
+        patient_key=first.patient_key,
+        trajectories=[*first.trajectories, *second.trajectories],
+        best_reward=max(rewards) if rewards else None,
+        stats=stats,
+    )
+
+
 def select_trajectories(
     results: Iterable[SearchResult],
     labels: Mapping[str, int],

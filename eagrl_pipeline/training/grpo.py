@@ -356,10 +356,9 @@ class _StartPolicy:
 
         from eagrl_pipeline.training.sft import LoraSettings
 
-        if self.on_full_model:
-            base = load_policy_model(self.adapter_dir, precision, trains_weights=True)
-        else:
-            base = load_policy_model(model_dir, precision)
+        # On a bf16 run the merged delta is rounded to bf16 weights, as evaluation's merge of a
+        # LoRA adapter into the bf16 base model is.
+        base = load_policy_model(self.adapter_dir if self.on_full_model else model_dir, precision)
         if self.adapter_dir is not None and not self.on_full_model:
             return PeftModel.from_pretrained(base, str(self.adapter_dir), is_trainable=True)
         import torch

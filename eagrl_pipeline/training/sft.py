@@ -296,8 +296,8 @@ def run_fingerprint(*parts: Any) -> str:
 
 def load_policy_model(model_dir: str | Path, precision: str, trains_weights: bool = False) -> Any:
     """The model to train: bf16 weights on bf16 runs, fp32 otherwise. ``trains_weights`` (a
-    full fine-tune, or a model an adapter will be merged into) keeps fp32 master weights under
-    bf16 autocast: an update of lr x gradient is mostly below a bf16 weight's rounding step."""
+    full fine-tune) keeps fp32 master weights under bf16 autocast: an update of lr x gradient
+    is mostly below a bf16 weight's rounding step."""
     import torch
     from transformers import AutoModelForCausalLM
 
