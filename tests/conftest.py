@@ -27,6 +27,25 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TJH_DIR = SHARED_DATA / "tjh"
 
 
+@pytest.fixture
+def probe_prompts():
+    """24 patients (16 train, 4 val, 4 test), labels alternating, one LDH line each: the
+    prompts table the answer probes (benchmarks/label_finetune.py, sft_probe.py) read."""
+    import pandas as pd
+
+    n = 24
+    return pd.DataFrame(
+        {
+            "patient_id": range(n),
+            "split": ["train"] * (n - 8) + ["val"] * 4 + ["test"] * 4,
+            "label": [i % 2 for i in range(n)],
+            "system": ["You are a doctor."] * n,
+            "user": [f"- Lactate dehydrogenase: [{200 + 40 * (i % 2) + i}]" for i in range(n)],
+            "features_shown": [["Lactate dehydrogenase"]] * n,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def tjh_dir() -> Path:
     if not (TJH_DIR / "time_series_375_prerpocess_en.xlsx").exists():

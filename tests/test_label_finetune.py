@@ -3,26 +3,11 @@ never touches the test patients, and a short run prints and returns a whole curv
 
 from __future__ import annotations
 
-import pandas as pd
-
 from benchmarks.label_finetune import held_out_split, main
 
 
-def _prompts(n: int = 24) -> pd.DataFrame:
-    splits = ["train"] * (n - 8) + ["val"] * 4 + ["test"] * 4
-    return pd.DataFrame(
-        {
-            "patient_id": range(n),
-            "split": splits,
-            "label": [i % 2 for i in range(n)],
-            "system": ["You are a doctor."] * n,
-            "user": [f"- LDH (Unit: U/L): [{200 + 40 * (i % 2) + i}]" for i in range(n)],
-        }
-    )
-
-
-def test_the_probe_fits_train_patients_and_reads_out_the_others_never_test():
-    prompts = _prompts()
+def test_the_probe_fits_train_patients_and_reads_out_the_others_never_test(probe_prompts):
+    prompts = probe_prompts
     fit, held = held_out_split(prompts, n_fit=10, seed=0)
     assert set(fit["split"]) == {"train"} and len(fit) == 10
     assert set(held["split"]) == {"train", "val"}
@@ -30,12 +15,12 @@ def test_the_probe_fits_train_patients_and_reads_out_the_others_never_test():
     assert len(fit) + len(held) == (prompts["split"] != "test").sum()
 
 
-def test_a_short_run_prints_a_curve_per_epoch(tmp_path, capsys):
+def test_a_short_run_prints_a_curve_per_epoch(tmp_path, capsys, probe_prompts):
     from eagrl_pipeline.llm import build_tiny_qwen2
 
     folder = tmp_path / "home" / "artifacts" / "llm_prompts" / "tjh-mortality"
     folder.mkdir(parents=True)
-    _prompts().to_parquet(folder / "prompts.parquet")
+    probe_prompts.to_parquet(folder / "prompts.parquet")
     model = build_tiny_qwen2(tmp_path / "tiny")
     argv = ["--home", str(tmp_path / "home"), "--model", str(model), "--fit", "10"]
     assert main([*argv, "--epochs", "2", "--threads", "1", "--no-record"]) == 0

@@ -5,23 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 from benchmarks.sft_probe import held_out, main
-
-
-def _prompts(n: int = 24) -> pd.DataFrame:
-    splits = ["train"] * (n - 8) + ["val"] * 4 + ["test"] * 4
-    return pd.DataFrame(
-        {
-            "patient_id": range(n),
-            "split": splits,
-            "label": [i % 2 for i in range(n)],
-            "system": ["You are a doctor."] * n,
-            "user": [f"- Lactate dehydrogenase: [{200 + 40 * (i % 2) + i}]" for i in range(n)],
-            "features_shown": [["Lactate dehydrogenase"]] * n,
-        }
-    )
 
 
 def _trajectory(row) -> dict:
@@ -38,19 +22,19 @@ def _trajectory(row) -> dict:
     }
 
 
-def test_the_probe_reads_out_validation_and_unkept_train_patients_never_test():
-    prompts = _prompts()
+def test_the_probe_reads_out_validation_and_unkept_train_patients_never_test(probe_prompts):
+    prompts = probe_prompts
     held = held_out(prompts, kept_keys={"0", "1", "2", "3"})
     assert set(held["split"]) == {"train", "val"}
     assert not {0, 1, 2, 3} & set(held["patient_id"])
     assert len(held) == 4 + (16 - 4)
 
 
-def test_a_short_run_prints_a_curve_per_epoch(tmp_path, capsys):
+def test_a_short_run_prints_a_curve_per_epoch(tmp_path, capsys, probe_prompts):
     from eagrl_pipeline.llm import build_tiny_qwen2
 
     home = tmp_path / "home"
-    prompts = _prompts()
+    prompts = probe_prompts
     folder = home / "artifacts" / "llm_prompts" / "tjh-mortality"
     folder.mkdir(parents=True)
     prompts.to_parquet(folder / "prompts.parquet")
