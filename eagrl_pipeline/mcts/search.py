@@ -609,10 +609,7 @@ def compare_with_sampling(
             for r in mine
             if sampled.get(r.patient_key)
         ]
-        search_right = [
-            any(t.valid and is_correct_side(t.probability, label, margin) for t in r.trajectories)
-            for r in mine
-        ]
+        search_right = [has_right_answer(r, label, margin) for r in mine]
         sample_right = [
             any(
                 s.valid and is_correct_side(s.probability, label, margin)
