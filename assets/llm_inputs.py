@@ -42,6 +42,12 @@ class ScaffoldCaps(Config):
         description="Cap of the think-then-answer baseline's free reasoning (about what the "
         "tagged format's steps and final block hold together).",
     )
+    step_digits: bool = Field(
+        default=True,
+        description="Whether the text before the final answer may write digits. Off: the final "
+        "answer is the only number a response states, so the probability is decided there, not "
+        "copied from a step's greedy number or a value in (0, 1) the prompt lists.",
+    )
 
     def scaffold(self) -> ScaffoldConfig:
         return ScaffoldConfig(
@@ -52,6 +58,7 @@ class ScaffoldCaps(Config):
             final_answer_tokens=self.final_answer_tokens,
             max_listed_features=self.max_listed_features,
             reasoning_tokens=self.reasoning_tokens,
+            step_digits=self.step_digits,
         )
 
 

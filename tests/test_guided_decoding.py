@@ -103,6 +103,39 @@ def test_final_answer_slot_bans_percent_and_a_second_point_after_the_forced_deci
     assert not set(newlines) & set(scaffold.digit_ids.tolist())
 
 
+def test_step_digits_off_leaves_the_final_answer_the_only_number(tiny) -> None:
+    """With ``step_digits`` off no step writes a digit (a greedy step probability, or a value in
+    (0, 1) copied from the prompt, can no longer be the answer the final one copies), while the
+    final answer still does; on, the same seeds write digits in the steps."""
+    from eagrl_pipeline.llm.generation import generate_batch
+
+    model, tokenizer = tiny
+    prompts = [f"Patient {i}: INR [0.9{i}], D-dimer [1{i}.5]. Predict." for i in range(6)]
+
+    def step_text(step_digits: bool) -> list[tuple[str, str]]:
+        config = ScaffoldConfig(subquestion_tokens=12, answer_tokens=12, step_digits=step_digits)
+        results = generate_batch(
+            model, tokenizer, prompts, max_new_tokens=200, do_sample=True, seed=5,
+            batch_size=6, scaffold=ResponseScaffold(tokenizer, config), scaffold_steps=2,
+        )  # fmt: skip
+        return [seg for result in results for seg in _segments(result.text)]
+
+    free = step_text(True)
+    assert any(re.search(r"[0-9]", c) for s, c in free if s in ("sub", "ans")), "nothing to ban"
+    banned = step_text(False)
+    assert [s for s, _ in banned].count("ans") == 12
+    for segment, content in banned:
+        if segment == "final":
+            assert re.fullmatch(r" 0\.[ 0-9]*[0-9][ 0-9]*", content), content
+        elif segment != "feat":  # feature names may hold digits ("Interleukin 2 receptor")
+            assert not re.search(r"[0-9]", content), (segment, content)
+    scaffold = ResponseScaffold(tokenizer, ScaffoldConfig(step_digits=False))
+    nine = tokenizer.convert_tokens_to_ids("9")
+    assert all(scaffold.banned[s][nine] for s in ("sub", "ans", "fsub", "think"))
+    assert not scaffold.banned["final"][nine]
+    assert not ResponseScaffold(tokenizer).banned["ans"][nine]
+
+
 def test_token_caps_close_long_segments(tiny) -> None:
     """Counted on token ids (the tiny tokenizer has each tag as one token): a segment holds at
     most its cap, plus the space token a forced closing tag may bring."""

@@ -63,6 +63,8 @@ _NUMERIC = re.compile(r"^[ 0-9.%]*\Z")
 # model's "0.9" into 0.009 and its digits would no longer be the probability they look like.
 _DECIMAL_DIGITS = re.compile(r"^[ 0-9]*\Z")
 _DIGITS = re.compile(r"^[0-9]+\Z")
+# The free-text segments before the final answer (``ScaffoldConfig.step_digits``).
+_STEP_SEGMENTS = ("sub", "ans", "fsub", "think")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,13 @@ class ScaffoldConfig:
     ``answer_prefix`` ``"0."`` makes every final answer a decimal probability written digit by
     digit, so the digit distribution after it is the answer's distribution (see the module
     docstring); ``""`` leaves the whole answer to the model and records no expectation.
+
+    ``step_digits`` false bans every token holding a digit from the free text before the final
+    answer (sub-questions, their answers, the final sub-question, free reasoning), so the final
+    answer is the only number a response writes. Why: a small model states a probability in a
+    step (or copies a value in (0, 1) from the prompt) and the final answer copies it; the
+    decision is then a greedy step token, SFT trains it at a step's weight, and the final
+    answer's digit distribution, the readout, is a near-certain copy.
     """
 
     subquestion_tokens: int = 20
@@ -84,6 +93,7 @@ class ScaffoldConfig:
     features_from_prompt: bool = True
     max_listed_features: int = 5
     reasoning_tokens: int = 96
+    step_digits: bool = True
 
     def __post_init__(self) -> None:
         if self.max_listed_features < 1:
@@ -190,6 +200,10 @@ class ResponseScaffold:
         for segment, close in CLOSE.items():
             opens_close = torch.tensor([_starts_close(t, close) for t in self.token_text])
             self.banned[segment] = is_special | (has_lt & ~opens_close)
+        if not self.config.step_digits:
+            has_digit = torch.tensor([any(c.isdigit() for c in t) for t in self.token_text])
+            for segment in _STEP_SEGMENTS:
+                self.banned[segment] = self.banned[segment] | has_digit
         allowed = _DECIMAL_DIGITS if self.config.answer_prefix else _NUMERIC
         numeric = torch.tensor([bool(allowed.match(t)) and t != "" for t in self.token_text])
         self.banned["final"] = self.banned["final"] | (~numeric & ~self._close_starters("final"))
