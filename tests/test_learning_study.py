@@ -86,3 +86,39 @@ def test_paired_auroc_from_the_reports_predictions() -> None:
         ]
     diff = _paired_auroc(pd.DataFrame(rows), "rl", "base")
     assert diff["ci_low"] > 0 and diff["ci_low"] < diff["observed"] < diff["ci_high"]
+
+
+def test_study_configuration_is_valid_asset_config() -> None:
+    """Every section of the study's configuration is accepted, whole, by its asset's config (a
+    misspelt or dropped field would otherwise surface an hour into a study, or never)."""
+    import pytest
+    from pydantic import ValidationError
+
+    from assets.evaluation import LLMEvaluationConfig
+    from assets.reasoning import BasePredictionsConfig, PromptsConfig, TrajectoriesConfig
+    from assets.training import RLCheckpointConfig, SFTCheckpointConfig
+    from benchmarks.learning import STUDY_CONFIG
+
+    classes = {
+        "llm_prompts": PromptsConfig,
+        "base_llm_predictions": BasePredictionsConfig,
+        "mcts_trajectories": TrajectoriesConfig,
+        "sft_checkpoint": SFTCheckpointConfig,
+        "rl_checkpoint": RLCheckpointConfig,
+        "evaluation_report": LLMEvaluationConfig,
+    }
+    assert set(STUDY_CONFIG) == set(classes)
+    for asset, values in STUDY_CONFIG.items():
+        # Dagster rejects an unknown field only when it validates the run config, an hour in.
+        assert set(values) <= set(classes[asset].model_fields), (asset, sorted(values))
+        config = classes[asset](**values)
+        dumped = config.model_dump()
+        for field, value in values.items():
+            got = dumped[field]
+            if isinstance(value, dict):  # a nested config (the scaffold): its given fields
+                got = {key: got[key] for key in value}
+            assert got == value, (asset, field)
+        if hasattr(config, "settings"):
+            config.settings()
+    with pytest.raises(ValidationError):  # a wrong type fails at construction, here
+        SFTCheckpointConfig(**{**STUDY_CONFIG["sft_checkpoint"], "num_train_epochs": "two"})
