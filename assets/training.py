@@ -187,6 +187,13 @@ class RLCheckpointConfig(Config):
         default_factory=ScaffoldCaps,
         description="Guided: per-tag token caps, for the groups and the gate's answers alike.",
     )
+    share_prompts: bool = Field(
+        default=True,
+        description="Score each group's prompt once for all its completions (its KV shared, "
+        "gradients summed through it) instead of once per completion as trl does: the same "
+        "log-probs with a fraction of the prompt tokens. One process only (trl's path under "
+        "accelerate launch).",
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description="Trade compute for memory (trl's GRPO default is on; off here: it re-runs "
@@ -231,6 +238,7 @@ class RLCheckpointConfig(Config):
             eps_high_fixed=self.eps_high_fixed,
             seed=self.seed,
             guided_generation=self.guided_generation,
+            share_prompts=self.share_prompts,
             disable_dropout=self.disable_dropout,
             gradient_checkpointing=self.gradient_checkpointing,
             guided_steps=self.guided_steps,

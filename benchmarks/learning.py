@@ -50,6 +50,10 @@ SCAFFOLD = {
     "features_tokens": 24,
     "final_answer_tokens": 2,
     "max_listed_features": 3,
+    # No digits before the final answer: otherwise a step states a probability (or copies a
+    # value in (0, 1) from the prompt) and the final answer copies it, so the decision is one
+    # greedy step token and the final answer's digit distribution, the readout, a certain copy.
+    "step_digits": False,
 }
 STUDY_CONFIG: dict[str, dict[str, Any]] = {
     "llm_prompts": {
@@ -76,7 +80,9 @@ STUDY_CONFIG: dict[str, dict[str, Any]] = {
         "rollout_steps": 0,
         "batch_patients": 32,
         "top_k_trajectories": 1,
-        "sampling_patients": None,  # the search-vs-sampling comparison on every train patient
+        # The search-vs-sampling comparison costs as many tokens as the search it checks: on a
+        # label-balanced 40 of the 140 (20 per class), not on every train patient.
+        "sampling_patients": 40,
         "scaffold": SCAFFOLD,
     },
     # Every weight, the answer's digits weighted 1000 times: on the trajectories the probe read

@@ -206,7 +206,7 @@ def test_grpo_two_steps_change_the_sft_adapter(tiny_dir: Path, sft_run, tmp_path
     out = train_grpo(
         tiny_dir, sft_run.adapter_dir, _rows(), FeatureMatcher.build(FEATURES), settings, tmp_path
     )
-    assert out.global_step == 2
+    assert out.global_step == 2 and out.shared_prompts  # each group's prompt scored once
     before, after = _lora(sft_run.adapter_dir), _lora(out.adapter_dir)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before), "GRPO changed nothing"
@@ -433,6 +433,40 @@ def test_answer_weighted_loss_weights_the_final_answer(tiny_dir: Path) -> None:
         SFTSettings(answer_loss_weight=0.0)
 
 
+def test_completion_window_loss_equals_the_full_logits_loss(tiny_dir: Path) -> None:
+    """The weighted loss over logits of the completion window only is the loss over every
+    position's logits (right-padded rows whose completions start at different places)."""
+    from transformers import AutoModelForCausalLM
+
+    from eagrl_pipeline.training.sft import AnswerWeightedLoss, completion_window, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True).eval()
+    rows = []
+    for prompt, completion in (
+        ("A long patient prompt with many words in it.", " <Final answer> 0.83 </Final answer>"),
+        ("Short.", " Reasoning first. <Final answer> 0.2 </Final answer> end"),
+    ):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append((p + c, [-100] * len(p) + c))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = (torch.arange(width)[None] < torch.tensor([[len(i)] for i, _ in rows])).long()
+    keep = completion_window(labels)
+    first = int(torch.nonzero((labels != -100).any(0))[0])
+    assert keep == width - first + 1 < width
+    loss = AnswerWeightedLoss(tokenizer, 30.0)
+    with torch.no_grad():
+        full = loss(model(input_ids=input_ids, attention_mask=attention), labels)
+        window = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
+        assert window.logits.shape[1] == keep
+        assert loss(window, labels[:, -keep:]).item() == pytest.approx(full.item(), rel=1e-5)
+    assert completion_window(torch.full((2, 5), -100)) == 5
+
+
 def test_weighted_sft_trains(tiny_dir: Path, tmp_path: Path) -> None:
     train, held_out = split_by_patient(_records(), 0.25, seed=0)
     out = train_sft(
@@ -515,3 +549,91 @@ def test_training_progress_draws_a_bar_over_the_optimizer_steps(monkeypatch, cap
     quiet.on_train_begin(None, state, None)
     quiet.on_train_end(None, state, None)
     assert "GRPO" not in capfd.readouterr().err
+
+
+def test_shared_prompt_scoring_matches_trls_log_probs_entropies_and_gradients(
+    tiny_dir: Path,
+) -> None:
+    """Two groups of three completions, prompts left-padded and completions right-padded: the
+    log-probs, entropies and LoRA gradients with each distinct prompt run once are trl's
+    (its fused head over every prompt + completion row), at a temperature other than 1."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from eagrl_pipeline.training.adaptive_clip import completion_positions_only
+    from eagrl_pipeline.training.shared_prompt import (
+        can_share_prompts,
+        distinct_prompts,
+        score_sharing_prompts,
+    )
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    temperature = 0.7
+    add_fused_lm_head(model, temperature=temperature, outputs=("log_probs", "entropy"))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(model, config)
+    assert can_share_prompts(model)
+    vocab, n_prompt, n_completion = model.config.vocab_size, 7, 5
+    prompts = torch.randint(3, vocab, (2, n_prompt))
+    prompt_mask = torch.ones_like(prompts)
+    prompt_mask[1, :3] = 0  # the second group's prompt is left-padded
+    prompt_ids = prompts.repeat_interleave(3, dim=0)[[0, 3, 1, 4, 2, 5]]  # groups interleaved
+    prompt_mask = prompt_mask.repeat_interleave(3, dim=0)[[0, 3, 1, 4, 2, 5]]
+    completion_ids = torch.randint(3, vocab, (6, n_completion))
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[2, 3:] = 0  # a completion that stopped early
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    unique, _, inverse = distinct_prompts(prompt_ids, prompt_mask)
+    assert unique.shape[0] == 2
+    assert inverse[0] == inverse[2] == inverse[4] != inverse[1] == inverse[3] == inverse[5]
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        return out
+
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-n_completion] = -100
+    with completion_positions_only():
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    trl_logps, trl_entropy = out.log_probs[:, -n_completion:], out.entropy[:, -n_completion:]
+    (trl_logps * completion_mask).sum().backward()
+    trl_grads = grads()
+    logps, entropy = score_sharing_prompts(
+        model, ids, mask, n_completion, temperature=temperature, compute_entropy=True
+    )
+    (logps * completion_mask).sum().backward()
+    shared_grads = grads()
+    torch.testing.assert_close(logps, trl_logps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(entropy, trl_entropy, atol=1e-5, rtol=1e-4)
+    assert float(logps[2, 3:].detach().abs().sum()) == 0.0
+    assert len(shared_grads) == len(trl_grads) > 0
+    for a, b in zip(shared_grads, trl_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_group_prompt_cache_generates_what_per_row_prefill_generates(tiny_dir: Path) -> None:
+    """Greedy generation from a cache with each distinct (left-padded) prompt prefilled once is
+    the generation with every row prefilled on its own; prompts that never repeat get None."""
+    from transformers import AutoModelForCausalLM
+
+    from eagrl_pipeline.training.shared_prompt import group_prompt_cache
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    prompts = torch.randint(3, model.config.vocab_size, (2, 9))
+    masks = torch.ones_like(prompts)
+    masks[0, :4] = 0
+    prompts[0, :4] = model.config.pad_token_id or 0
+    ids, mask = prompts.repeat_interleave(3, dim=0), masks.repeat_interleave(3, dim=0)
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
+        cache = group_prompt_cache(model, ids, mask)
+        assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
+        shared = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **settings)
+    assert torch.equal(shared, plain)
+    assert group_prompt_cache(model, prompts, masks) is None

@@ -25,6 +25,8 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from eagrl_pipeline.training.shared_prompt import can_share_prompts, score_sharing_prompts
+
 log = logging.getLogger(__name__)
 
 # The generation-batch key that carries each completion's ε_high through trl's shuffle and split.
@@ -351,9 +353,20 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
     into trl's ``_metrics``, so they reach every ``report_to`` backend (MLflow) with trl's own.
     """
 
-    def __init__(self, *args: Any, adaptive_clip: AdaptiveClipConfig | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        adaptive_clip: AdaptiveClipConfig | None = None,
+        share_prompts: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.adaptive_clip = adaptive_clip if adaptive_clip is not None else AdaptiveClipConfig()
+        # Score each distinct prompt of a micro-batch once (eagrl_pipeline.training.shared_prompt)
+        # where it is exact here: one process and a full-attention cache.
+        self.share_prompts = (
+            share_prompts and self.accelerator.num_processes == 1 and can_share_prompts(self.model)
+        )
         # Set during _generate_and_score_completions where trl will compute old log-probs: the
         # first policy forward there is that one, and records its entropies here.
         self._old_logps_capture: dict[str, torch.Tensor] | None = None
@@ -418,13 +431,52 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
         if capture is not None:
             self._old_logps_capture = None  # the first policy forward only (a PEFT ref follows)
             kwargs["compute_entropy"] = True
-        with completion_positions_only():
-            logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
-                model, *args, **kwargs
-            )
+        if self._scores_sharing_prompts(kwargs):
+            logps, entropies, aux_loss = self._score_sharing_prompts(model, *args, **kwargs)
+        else:
+            with completion_positions_only():
+                logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                    model, *args, **kwargs
+                )
         if capture is not None:
             capture["logps"], capture["entropies"] = logps, entropies
         return logps, entropies, aux_loss
+
+    def _scores_sharing_prompts(self, kwargs: dict[str, Any]) -> bool:
+        """Text-only scoring without an auxiliary loss: what the shared-prompt path computes."""
+        handled = {"batch_size", "compute_entropy", "compute_aux_loss"}
+        extra = [k for k, v in kwargs.items() if k not in handled and v is not None]
+        return self.share_prompts and not extra and not kwargs.get("compute_aux_loss")
+
+    def _score_sharing_prompts(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        **_: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """trl's ``_get_per_token_logps_and_entropies`` in its chunks of ``batch_size`` rows,
+        each chunk's distinct prompts run once (:func:`score_sharing_prompts`)."""
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            with self.accelerator.autocast():
+                chunk_logps, chunk_entropies = score_sharing_prompts(
+                    model,
+                    input_ids[rows],
+                    attention_mask[rows],
+                    logits_to_keep,
+                    temperature=self.temperature,
+                    compute_entropy=compute_entropy,
+                )
+            logps.append(chunk_logps)
+            if chunk_entropies is not None:
+                entropies.append(chunk_entropies)
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _policy_entropies(self, batch: dict[str, Any]) -> torch.Tensor:
         """Per-token entropies ``[B, T]`` of the batch's completions under the current policy:

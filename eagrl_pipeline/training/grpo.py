@@ -34,6 +34,7 @@ from eagrl_pipeline.training.sft import (
     run_args,
     run_fingerprint,
 )
+from eagrl_pipeline.training.shared_prompt import group_prompt_cache
 
 REWARD_NAMES = ("r_cls", "r_att", "r_format")
 START_FROM = ("sft", "base")
@@ -79,6 +80,8 @@ class GRPOSettings:
     seed: int = 0
     guided_generation: bool = True
     guided_steps: int = 1
+    # Score each group's prompt once for its completions (one process; see shared_prompt.py).
+    share_prompts: bool = True
     scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
     # Where the policy starts: the SFT adapter (EAG-RL's two stages), or a fresh LoRA adapter of
     # rank ``lora_r`` on the base model (GRPO without Stage 1, the paper's "w/o SFT" ablation).
@@ -251,7 +254,7 @@ class GuidedGRPOTrainer(AdaptiveClipGRPOTrainer):
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
         if self.scaffold is None or self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
-        scaffold, steps = self.scaffold, self.guided_steps
+        scaffold, steps, share = self.scaffold, self.guided_steps, self.share_prompts
         model = self.accelerator.unwrap_model(self.model_wrapped)
         generate = model.generate
 
@@ -265,6 +268,10 @@ class GuidedGRPOTrainer(AdaptiveClipGRPOTrainer):
             ]  # fmt: skip
             plans = [scaffold.plan("answer", steps, False, text) for text in texts]
             g_kwargs["logits_processor"] = LogitsProcessorList([scaffold.processor(plans)])
+            if share and mask is not None and "cache" not in g_kwargs:
+                cache = group_prompt_cache(model, ids, mask)
+                if cache is not None:  # each group's prompt prefilled once, not per completion
+                    g_kwargs["cache"] = cache
             return generate(*g_args, **g_kwargs)
 
         model.generate = guided  # trl calls model.generate(**inputs, generation_config=...)
@@ -281,6 +288,8 @@ class GRPOOutcome:
     resumed_from: str | None
     n_prompts: int
     log_history: list[dict[str, float]]
+    # Whether each group's prompt was scored once (shared_prompt.py) or per completion (trl's).
+    shared_prompts: bool = False
 
     def metric_series(self, key: str) -> list[float]:
         return [entry[key] for entry in self.log_history if key in entry]
@@ -436,6 +445,7 @@ def train_grpo(
         adaptive_clip=settings.clip_config(),
         scaffold=settings.scaffold if settings.guided_generation else None,
         guided_steps=settings.guided_steps,
+        share_prompts=settings.share_prompts,
     )
     trainer.train(resume_from_checkpoint=resume)
     adapter_dir = output_dir / "adapter"
@@ -454,4 +464,5 @@ def train_grpo(
         resumed_from=resume,
         n_prompts=len(rows),
         log_history=history,
+        shared_prompts=trainer.share_prompts,
     )
