@@ -93,6 +93,13 @@ class SFTCheckpointConfig(Config):
         "SmolLM2-135M: AUROC 0.40 -> 0.71 on validation, 0.21 -> 0.51 on unkept train "
         "patients, weight 1 -> 20).",
     )
+    share_prefix: bool = Field(
+        default=True,
+        description="Run the tokens every trajectory of a batch starts with (the system "
+        "message) once per forward and backward, their KV shared by the batch's rows, instead "
+        "of once per row as trl does: the same loss and gradients with fewer tokens. The "
+        "weighted loss's path (answer_loss_weight != 1), one process, no checkpointing.",
+    )
     seed: int = Field(default=0, description="Seed of the split, the adapter and the sample.")
 
     def settings(self) -> SFTSettings:
@@ -111,6 +118,7 @@ class SFTCheckpointConfig(Config):
             finetune=self.finetune,
             lora=LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout),
             answer_loss_weight=self.answer_loss_weight,
+            share_prefix=self.share_prefix,
         )
 
 
@@ -514,6 +522,7 @@ def sft_checkpoint(
                 "resumed_from": outcome["resumed_from"] or "",
                 "val_parse_fraction": parse_fraction,
                 "finetune": settings.finetune,
+                "shared_prefix": bool(outcome["shared_prefix"]),
                 "device": device,
                 "precision": precision,
             }

@@ -6,9 +6,12 @@ library's, side by side on the default model at the learning study's shapes.
   LM head over every prompt + completion row, completion positions only) and with each group's
   prompt run once. Timed: the no-grad forward (trl's old-log-prob pass) and forward + backward
   (each of ``num_iterations`` updates). The log-probs of the two are compared.
-- SFT (``eagrl_pipeline.training.sft.completion_window``): a batch of ``--sft-batch``
-  prompt + completion rows through the fully fine-tuned model, the answer-weighted loss over
-  every position's logits against the completion window's only.
+- SFT (``eagrl_pipeline.training.sft.completion_window``,
+  ``eagrl_pipeline.training.shared_prompt.forward_sharing_prefix``): a batch of ``--sft-batch``
+  prompt + completion rows that start with the same ``--system-tokens`` (the system message)
+  through the fully fine-tuned model, the answer-weighted loss over every position's logits
+  (trl's forward), over the completion window's only, and over the window with the shared
+  prefix run once.
 
 Shapes, not text, decide the cost, so the token ids are seeded random draws. Each timing is the
 median of ``--repeats`` after one warm-up call; the two variants alternate, so a machine that
@@ -146,6 +149,7 @@ def measure_sft(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from eagrl_pipeline.training.sft import AnswerWeightedLoss, completion_window, load_tokenizer
+    from eagrl_pipeline.training.shared_prompt import forward_sharing_prefix
 
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -154,7 +158,9 @@ def measure_sft(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     b, p, c = args.sft_batch, args.prompt_tokens, args.completion_tokens
     ids = torch.randint(3, model.config.vocab_size, (b, p + c), generator=g)
+    ids[:, : args.system_tokens] = ids[:1, : args.system_tokens]
     ids[:, -len(tail) :] = tail
+    mask = torch.ones_like(ids)
     labels = ids.clone()
     labels[:, :p] = -100
     loss = AnswerWeightedLoss(tokenizer, 1000.0)
@@ -169,12 +175,22 @@ def measure_sft(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         loss(out, labels[:, -keep:]).backward()
         model.zero_grad(set_to_none=True)
 
-    seconds = _median_seconds({"full_logits": full, "completion_window": window}, args.repeats)
+    def shared() -> None:
+        keep = completion_window(labels)
+        out = forward_sharing_prefix(model, ids, mask, keep)
+        loss(out, labels[:, -keep:]).backward()
+        model.zero_grad(set_to_none=True)
+
+    calls = {"full_logits": full, "completion_window": window, "shared_prefix": shared}
+    seconds = _median_seconds(calls, args.repeats)
     return {
         "rows": b,
         "tokens_per_row": p + c,
+        "system_tokens": args.system_tokens,
         "forward_backward_s": seconds,
         "speedup": seconds["full_logits"] / seconds["completion_window"],
+        "shared_prefix_speedup": seconds["completion_window"] / seconds["shared_prefix"],
+        "total_speedup": seconds["full_logits"] / seconds["shared_prefix"],
     }
 
 
@@ -186,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=2, help="prompts per GRPO micro-batch")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--sft-batch", type=int, default=4)
+    parser.add_argument(
+        "--system-tokens",
+        type=int,
+        default=215,
+        help="leading tokens every SFT row shares (the study's system message on real TJH)",
+    )
+    parser.add_argument("--skip-grpo", action="store_true", help="measure SFT only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-record", action="store_true", help="do not append to the results")
@@ -197,25 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     from eagrl_pipeline.llm.base_model import ensure_default_model
 
     model_dir = ensure_default_model(args.models_dir)
-    grpo = measure_grpo(model_dir, args)
-    print(
-        f"GRPO micro-batch {grpo['rows']} x {grpo['tokens_per_row']} tokens "
-        f"({args.groups} prompts x {args.generations}), scored tokens "
-        f"{grpo['scored_tokens_trl']} -> {grpo['scored_tokens_shared']}; "
-        f"max |log p difference| {grpo['max_abs_logp_difference']:.2e}"
-    )
-    for key, label in (("forward_s", "no-grad forward"), ("forward_backward_s", "fwd + bwd")):
-        s = grpo[key]
+    grpo = None if args.skip_grpo else measure_grpo(model_dir, args)
+    if grpo is not None:
         print(
-            f"  {label:<16} trl {s['trl']:7.2f} s   shared prompts {s['shared']:7.2f} s   "
-            f"{s['trl'] / s['shared']:.2f}x"
+            f"GRPO micro-batch {grpo['rows']} x {grpo['tokens_per_row']} tokens "
+            f"({args.groups} prompts x {args.generations}), scored tokens "
+            f"{grpo['scored_tokens_trl']} -> {grpo['scored_tokens_shared']}; "
+            f"max |log p difference| {grpo['max_abs_logp_difference']:.2e}"
         )
+        for key, label in (("forward_s", "no-grad forward"), ("forward_backward_s", "fwd + bwd")):
+            s = grpo[key]
+            print(
+                f"  {label:<16} trl {s['trl']:7.2f} s   shared prompts {s['shared']:7.2f} s   "
+                f"{s['trl'] / s['shared']:.2f}x"
+            )
     sft = measure_sft(model_dir, args)
     s = sft["forward_backward_s"]
     print(
-        f"SFT batch {sft['rows']} x {sft['tokens_per_row']} tokens, full fine-tune fwd + bwd: "
-        f"every position's logits {s['full_logits']:.2f} s   completion window "
-        f"{s['completion_window']:.2f} s   {sft['speedup']:.2f}x"
+        f"SFT batch {sft['rows']} x {sft['tokens_per_row']} tokens ({sft['system_tokens']} "
+        f"shared), full fine-tune fwd + bwd: every position's logits {s['full_logits']:.2f} s   "
+        f"completion window {s['completion_window']:.2f} s ({sft['speedup']:.2f}x)   "
+        f"+ shared prefix {s['shared_prefix']:.2f} s ({sft['shared_prefix_speedup']:.2f}x; "
+        f"{sft['total_speedup']:.2f}x in all)"
     )
     if not args.no_record:
         record(
@@ -225,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": args.prompt_tokens,
                 "completion_tokens": args.completion_tokens,
                 "repeats": args.repeats,
-                "grpo": grpo,
+                **({"grpo": grpo} if grpo is not None else {}),
                 "sft": sft,
             },
         )

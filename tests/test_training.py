@@ -468,13 +468,26 @@ def test_completion_window_loss_equals_the_full_logits_loss(tiny_dir: Path) -> N
 
 
 def test_weighted_sft_trains(tiny_dir: Path, tmp_path: Path) -> None:
+    """Two weighted steps move the adapter; sharing the batch's prefix (on by default) trains
+    the same adapter as running every row whole."""
     train, held_out = split_by_patient(_records(), 0.25, seed=0)
-    out = train_sft(
-        tiny_dir, train, held_out, SFTSettings(max_steps=2, answer_loss_weight=10.0), tmp_path
+    settings = SFTSettings(
+        max_steps=2, answer_loss_weight=10.0, lora=LoraSettings(dropout=0.0), logging_steps=1
     )
-    assert out.global_step == 2 and out.eval_loss > 0
+    out = train_sft(tiny_dir, train, held_out, settings, tmp_path / "shared")
+    assert out.global_step == 2 and out.eval_loss > 0 and out.shared_prefix
     lora_b = [v for k, v in _lora(out.adapter_dir).items() if "lora_B" in k]
     assert any(v.abs().max() > 0 for v in lora_b)
+    plain = train_sft(
+        tiny_dir, train, held_out, dataclasses.replace(settings, share_prefix=False),
+        tmp_path / "plain",
+    )  # fmt: skip
+    assert not plain.shared_prefix
+    assert plain.eval_loss == pytest.approx(out.eval_loss, rel=1e-4)
+    shared_weights, plain_weights = _lora(out.adapter_dir), _lora(plain.adapter_dir)
+    assert shared_weights.keys() == plain_weights.keys()
+    for name, weight in shared_weights.items():
+        torch.testing.assert_close(weight, plain_weights[name], atol=1e-5, rtol=1e-3)
 
 
 def test_grpo_config_runs_without_checkpointing_or_dropout(tmp_path: Path) -> None:
@@ -637,3 +650,73 @@ def test_group_prompt_cache_generates_what_per_row_prefill_generates(tiny_dir: P
         shared = model.generate(input_ids=ids, attention_mask=mask, cache=cache, **settings)
     assert torch.equal(shared, plain)
     assert group_prompt_cache(model, prompts, masks) is None
+
+
+def test_common_prefix_length_stops_at_the_first_difference_or_padding() -> None:
+    from eagrl_pipeline.training.shared_prompt import common_prefix_length
+
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 9, 4], [5, 6, 7, 8, 4]])
+    mask = torch.ones_like(ids)
+    assert common_prefix_length(ids, mask) == 3
+    same = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 7]])
+    assert common_prefix_length(same, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])) == 3
+    assert common_prefix_length(same[:, :3], torch.ones(2, 3, dtype=torch.long)) == 3
+
+
+def test_sft_loss_sharing_the_prefix_equals_the_plain_loss_and_gradients(tiny_dir: Path) -> None:
+    """Right-padded SFT rows that start with the same system tokens: the weighted loss over the
+    completion window with the prefix run once (its KV expanded to the rows) has the plain
+    forward's value and gradients, for a full fine-tune and a LoRA adapter alike."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from eagrl_pipeline.training.sft import AnswerWeightedLoss, completion_window, load_tokenizer
+    from eagrl_pipeline.training.shared_prompt import forward_sharing_prefix
+
+    tokenizer = load_tokenizer(tiny_dir)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    system = encode("You are a doctor. Read the labs and answer in the tagged format.")
+    rows = []
+    for user, completion in (
+        (" Patient: LDH 400.", " <Final answer> 0.83 </Final answer>"),
+        (" Patient: albumin 40, age 30, more words.", " Low. <Final answer> 0.2 </Final answer>"),
+        (" Patient: LDH 150.", " <Final answer> 0.1 </Final answer> end"),
+    ):
+        p, c = system + encode(user), encode(completion)
+        rows.append((p + c, [-100] * len(p) + c))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = (torch.arange(width)[None] < torch.tensor([[len(i)] for i, _ in rows])).long()
+    keep = completion_window(labels)
+    loss = AnswerWeightedLoss(tokenizer, 30.0)
+    torch.manual_seed(0)
+    full_model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    lora_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), config
+    )
+
+    def step(model: torch.nn.Module, shared: bool) -> tuple[float, list[torch.Tensor]]:
+        if shared:
+            out = forward_sharing_prefix(model, input_ids, attention, keep)
+            assert out is not None and out.logits.shape[1] == keep
+        else:
+            out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
+        value = loss(out, labels[:, -keep:])
+        value.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        return value.item(), grads
+
+    for model in (full_model, lora_model):
+        model.train()
+        plain_loss, plain_grads = step(model, shared=False)
+        shared_loss, shared_grads = step(model, shared=True)
+        assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+        assert len(shared_grads) == len(plain_grads) > 0
+        for a, b in zip(shared_grads, plain_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    assert forward_sharing_prefix(full_model, input_ids[:1], attention[:1], keep) is None
+    assert forward_sharing_prefix(full_model, input_ids, attention, keep, min_prefix=width) is None

@@ -70,6 +70,9 @@ class SFTSettings:
     finetune: Literal["lora", "full"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     answer_loss_weight: float = 1.0
+    # Run the tokens every row of a batch starts with (the system message) once per forward,
+    # their KV shared by the rows (the weighted loss's path; one process, no checkpointing).
+    share_prefix: bool = True
     # The calling stage's code version: part of the run fingerprint, so a resumable checkpoint
     # written by other code is never resumed (it would skip training a finished run).
     code_version: str = ""
@@ -278,13 +281,29 @@ def completion_window(labels: Any) -> int:
 def _answer_weighted_trainer() -> type:
     """trl's ``SFTTrainer`` whose loss is :class:`AnswerWeightedLoss` when it is set: one
     forward per step (trl's ``compute_loss_func`` route runs a second, for its metrics), with
-    logits only over the :func:`completion_window`."""
+    logits only over the :func:`completion_window`, and with ``share_prefix`` the batch's common
+    leading tokens run once (``forward_sharing_prefix``; same loss and gradients, tested)."""
     from trl import SFTTrainer
 
+    from eagrl_pipeline.training.shared_prompt import can_share_prompts, forward_sharing_prefix
+
     class AnswerWeightedSFTTrainer(SFTTrainer):
-        def __init__(self, *args: Any, answer_loss: AnswerWeightedLoss | None = None, **kw: Any):
+        def __init__(
+            self,
+            *args: Any,
+            answer_loss: AnswerWeightedLoss | None = None,
+            share_prefix: bool = False,
+            **kw: Any,
+        ):
             super().__init__(*args, **kw)
             self.answer_loss = answer_loss
+            self.share_prefix = (
+                share_prefix
+                and answer_loss is not None
+                and not self.args.activation_checkpointing
+                and self.accelerator.num_processes == 1
+                and can_share_prompts(self.model)
+            )
 
         def compute_loss(
             self,
@@ -298,7 +317,13 @@ def _answer_weighted_trainer() -> type:
             labels = inputs["labels"]
             forward = {k: v for k, v in inputs.items() if k != "labels"}
             keep = completion_window(labels)
-            outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+            outputs = None
+            if self.share_prefix and set(forward) == {"input_ids", "attention_mask"}:
+                outputs = forward_sharing_prefix(
+                    model, forward["input_ids"], forward["attention_mask"], keep
+                )
+            if outputs is None:
+                outputs = model(**forward, use_cache=False, logits_to_keep=keep)
             loss = self.answer_loss(outputs, labels[:, -keep:])
             return (loss, outputs) if return_outputs else loss
 
@@ -349,6 +374,7 @@ class SFTOutcome:
     n_train: int
     n_eval: int
     log_history: list[dict[str, float]]
+    shared_prefix: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -391,6 +417,7 @@ def train_sft(
         answer_loss=AnswerWeightedLoss(tokenizer, settings.answer_loss_weight)
         if weighted
         else None,
+        share_prefix=settings.share_prefix,
         args=build_sft_config(
             settings, run_dir, device=device, precision=precision, report_to=report_to
         ),
@@ -436,4 +463,5 @@ def train_sft(
         n_train=len(train_records),
         n_eval=len(eval_records),
         log_history=history,
+        shared_prefix=trainer.share_prefix,
     )
