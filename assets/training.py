@@ -199,8 +199,8 @@ class RLCheckpointConfig(Config):
         default=True,
         description="Score each group's prompt once for all its completions (its KV shared, "
         "gradients summed through it) instead of once per completion as trl does: the same "
-        "log-probs with a fraction of the prompt tokens. One process only (trl's path under "
-        "accelerate launch).",
+        "log-probs with a fraction of the prompt tokens. One process and no gradient "
+        "checkpointing only (trl's path under accelerate launch or with checkpointing).",
     )
     gradient_checkpointing: bool = Field(
         default=False,

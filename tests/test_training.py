@@ -224,6 +224,21 @@ def test_grpo_two_steps_change_the_sft_adapter(tiny_dir: Path, sft_run, tmp_path
     assert 0.2 <= summary["eps_high_min"] <= summary["eps_high_mean"] <= summary["eps_high_max"]
 
 
+def test_grpo_with_checkpointing_scores_as_trl_does(
+    tiny_dir: Path, sft_run, tmp_path: Path
+) -> None:
+    """Activation checkpointing drops a layer's cache in a forward with gradient, so a shared
+    prompt KV cannot be built there: with checkpointing on, GRPO trains on trl's scoring."""
+    settings = GRPOSettings(
+        max_steps=1, max_completion_length=32, gradient_checkpointing=True,
+        per_device_train_batch_size=4, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    out = train_grpo(
+        tiny_dir, sft_run.adapter_dir, _rows(), FeatureMatcher.build(FEATURES), settings, tmp_path
+    )
+    assert out.global_step == 1 and not out.shared_prompts
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -363,9 +363,17 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.adaptive_clip = adaptive_clip if adaptive_clip is not None else AdaptiveClipConfig()
         # Score each distinct prompt of a micro-batch once (eagrl_pipeline.training.shared_prompt)
-        # where it is exact here: one process and a full-attention cache.
+        # where it is exact here: one process and a full-attention cache, without activation
+        # checkpointing (it drops a layer's cache in a forward with gradient).
+        checkpointing = bool(
+            getattr(self.args, "activation_checkpointing", False)
+            or getattr(self.args, "gradient_checkpointing", False)
+        )
         self.share_prompts = (
-            share_prompts and self.accelerator.num_processes == 1 and can_share_prompts(self.model)
+            share_prompts
+            and not checkpointing
+            and self.accelerator.num_processes == 1
+            and can_share_prompts(self.model)
         )
         # Set during _generate_and_score_completions where trl will compute old log-probs: the
         # first policy forward there is that one, and records its entropies here.
