@@ -448,6 +448,24 @@ def test_answer_weighted_loss_weights_the_final_answer(tiny_dir: Path) -> None:
         SFTSettings(answer_loss_weight=0.0)
 
 
+def _right_padded(
+    tokenizer, pairs: list[tuple[str, str]], prefix: str = ""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SFT rows ``prefix + prompt + completion`` as trl's collator pads them (right), the loss
+    on the completion only: ids, labels, attention mask."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = []
+    for prompt, completion in pairs:
+        p, c = encode(prefix + prompt), encode(completion)
+        rows.append((p + c, [-100] * len(p) + c))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = (torch.arange(width)[None] < torch.tensor([[len(i)] for i, _ in rows])).long()
+    return input_ids, labels, attention
+
+
 def test_completion_window_loss_equals_the_full_logits_loss(tiny_dir: Path) -> None:
     """The weighted loss over logits of the completion window only is the loss over every
     position's logits (right-padded rows whose completions start at different places)."""
@@ -457,19 +475,17 @@ def test_completion_window_loss_equals_the_full_logits_loss(tiny_dir: Path) -> N
 
     tokenizer = load_tokenizer(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True).eval()
-    rows = []
-    for prompt, completion in (
-        ("A long patient prompt with many words in it.", " <Final answer> 0.83 </Final answer>"),
-        ("Short.", " Reasoning first. <Final answer> 0.2 </Final answer> end"),
-    ):
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        rows.append((p + c, [-100] * len(p) + c))
-    width = max(len(ids) for ids, _ in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-    attention = (torch.arange(width)[None] < torch.tensor([[len(i)] for i, _ in rows])).long()
+    input_ids, labels, attention = _right_padded(
+        tokenizer,
+        [
+            (
+                "A long patient prompt with many words in it.",
+                " <Final answer> 0.83 </Final answer>",
+            ),
+            ("Short.", " Reasoning first. <Final answer> 0.2 </Final answer> end"),
+        ],
+    )
+    width = input_ids.shape[1]
     keep = completion_window(labels)
     first = int(torch.nonzero((labels != -100).any(0))[0])
     assert keep == width - first + 1 < width
@@ -689,21 +705,19 @@ def test_sft_loss_sharing_the_prefix_equals_the_plain_loss_and_gradients(tiny_di
     from eagrl_pipeline.training.shared_prompt import forward_sharing_prefix
 
     tokenizer = load_tokenizer(tiny_dir)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    system = encode("You are a doctor. Read the labs and answer in the tagged format.")
-    rows = []
-    for user, completion in (
-        (" Patient: LDH 400.", " <Final answer> 0.83 </Final answer>"),
-        (" Patient: albumin 40, age 30, more words.", " Low. <Final answer> 0.2 </Final answer>"),
-        (" Patient: LDH 150.", " <Final answer> 0.1 </Final answer> end"),
-    ):
-        p, c = system + encode(user), encode(completion)
-        rows.append((p + c, [-100] * len(p) + c))
-    width = max(len(ids) for ids, _ in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-    attention = (torch.arange(width)[None] < torch.tensor([[len(i)] for i, _ in rows])).long()
+    input_ids, labels, attention = _right_padded(
+        tokenizer,
+        [
+            (" Patient: LDH 400.", " <Final answer> 0.83 </Final answer>"),
+            (
+                " Patient: albumin 40, age 30, more words.",
+                " Low. <Final answer> 0.2 </Final answer>",
+            ),
+            (" Patient: LDH 150.", " <Final answer> 0.1 </Final answer> end"),
+        ],
+        prefix="You are a doctor. Read the labs and answer in the tagged format.",
+    )
+    width = input_ids.shape[1]
     keep = completion_window(labels)
     loss = AnswerWeightedLoss(tokenizer, 30.0)
     torch.manual_seed(0)
