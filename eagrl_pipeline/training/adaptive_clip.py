@@ -25,7 +25,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from eagrl_pipeline.training.shared_prompt import can_share_prompts, score_sharing_prompts
+from eagrl_pipeline.training.shared_prompt import score_sharing_prompts, trainer_can_share
 
 log = logging.getLogger(__name__)
 
@@ -363,18 +363,8 @@ class AdaptiveClipGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.adaptive_clip = adaptive_clip if adaptive_clip is not None else AdaptiveClipConfig()
         # Score each distinct prompt of a micro-batch once (eagrl_pipeline.training.shared_prompt)
-        # where it is exact here: one process and a full-attention cache, without activation
-        # checkpointing (it drops a layer's cache in a forward with gradient).
-        checkpointing = bool(
-            getattr(self.args, "activation_checkpointing", False)
-            or getattr(self.args, "gradient_checkpointing", False)
-        )
-        self.share_prompts = (
-            share_prompts
-            and not checkpointing
-            and self.accelerator.num_processes == 1
-            and can_share_prompts(self.model)
-        )
+        # where that is exact (trainer_can_share).
+        self.share_prompts = share_prompts and trainer_can_share(self)
         # Set during _generate_and_score_completions where trl will compute old log-probs: the
         # first policy forward there is that one, and records its entropies here.
         self._old_logps_capture: dict[str, torch.Tensor] | None = None

@@ -285,7 +285,7 @@ def _answer_weighted_trainer() -> type:
     leading tokens run once (``forward_sharing_prefix``; same loss and gradients, tested)."""
     from trl import SFTTrainer
 
-    from eagrl_pipeline.training.shared_prompt import can_share_prompts, forward_sharing_prefix
+    from eagrl_pipeline.training.shared_prompt import forward_sharing_prefix, trainer_can_share
 
     class AnswerWeightedSFTTrainer(SFTTrainer):
         def __init__(
@@ -297,13 +297,7 @@ def _answer_weighted_trainer() -> type:
         ):
             super().__init__(*args, **kw)
             self.answer_loss = answer_loss
-            self.share_prefix = (
-                share_prefix
-                and answer_loss is not None
-                and not self.args.activation_checkpointing
-                and self.accelerator.num_processes == 1
-                and can_share_prompts(self.model)
-            )
+            self.share_prefix = share_prefix and answer_loss is not None and trainer_can_share(self)
 
         def compute_loss(
             self,

@@ -43,6 +43,22 @@ def can_share_prompts(model: Any) -> bool:
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
+def trainer_can_share(trainer: Any) -> bool:
+    """Where a trainer's shared-KV forward is exact: one process (no DDP wrapper replaying two
+    forwards), no activation checkpointing (it drops a layer's cache in a forward with
+    gradient) and a full-attention cache (:func:`can_share_prompts`)."""
+    args = trainer.args
+    checkpointing = bool(
+        getattr(args, "activation_checkpointing", False)
+        or getattr(args, "gradient_checkpointing", False)
+    )
+    return (
+        not checkpointing
+        and trainer.accelerator.num_processes == 1
+        and can_share_prompts(trainer.model)
+    )
+
+
 def distinct_prompts(
     prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
